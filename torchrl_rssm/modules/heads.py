@@ -1,0 +1,43 @@
+"""Prediction heads on the latent state (h_t, s_t)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RewardModel(nn.Module):
+    """Reward head p(r_t | h_t, s_t): the mean of a unit-variance Gaussian, ``[*B, 1]``.
+
+    Args:
+        state_dim: size of the stochastic state s_t.
+        belief_dim: size of the deterministic belief h_t.
+        hidden_dim: width of the hidden layers.
+        depth: number of hidden layers.
+        activation: activation class.
+
+    Examples:
+        >>> import torch
+        >>> RewardModel(30, 200)(torch.zeros(8, 12, 30), torch.zeros(8, 12, 200)).shape
+        torch.Size([8, 12, 1])
+    """
+
+    def __init__(
+        self,
+        state_dim: int = 30,
+        belief_dim: int = 200,
+        hidden_dim: int = 200,
+        depth: int = 2,
+        activation: type[nn.Module] = nn.ELU,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = state_dim + belief_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden_dim, device=device), activation()]
+            width = hidden_dim
+        layers.append(nn.Linear(width, 1, device=device))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([state, belief], dim=-1))

@@ -1,0 +1,481 @@
+"""The Recurrent State Space Model (PlaNet, Hafner et al. 2019).
+
+A latent state is a pair: the deterministic ``belief`` h_t (a GRU state) and the
+stochastic ``state`` s_t (a diagonal Gaussian sample).
+
+- :class:`RSSMPrior`: h_t = f(h_{t-1}, s_{t-1}, a_{t-1});  p(s_t | h_t).
+- :class:`RSSMPosterior`: q(s_t | h_t, e(o_t)).
+- :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence)
+  and ``imagine`` (prior-only open loop), as tensor loops. As a TensorDict module it
+  reads and writes the same keys as TorchRL's ``RSSMRollout``.
+
+The prior and posterior accept the constructor arguments and call convention of
+TorchRL's :class:`~torchrl.modules.RSSMPrior` / :class:`~torchrl.modules.RSSMPosterior`
+and use the same parameter names, so that changing the import is enough (and
+TorchRL state dicts load). Unlike TorchRL's, they take any number of batch dims.
+Standard deviations are ``softplus(x) + scale_lb`` (PlaNet's official code), which
+keeps a gradient everywhere, where TorchRL clamps.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parameter import is_lazy
+
+Latent = dict[str, torch.Tensor]
+
+
+def _std(raw: torch.Tensor, scale_lb: float) -> torch.Tensor:
+    # softplus + lower bound: stds never reach 0 and keep a gradient (PlaNet's min_std).
+    return F.softplus(raw) + scale_lb
+
+
+def _gru(cell: nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    # nn.GRUCell only takes 1-D or 2-D inputs: fold every leading batch dim into one.
+    if x.ndim <= 2:
+        return cell(x, h)
+    return cell(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1])).reshape(h.shape)
+
+
+def _action_dim(action_spec, action_dim: int | None) -> int:
+    if action_dim is not None:
+        return int(action_dim)
+    if action_spec is None:
+        raise ValueError("RSSMPrior needs `action_spec` or `action_dim` to size its input layer.")
+    shape = action_spec.shape
+    if len(shape) == 0:  # categorical index spec: the model consumes one-hot vectors
+        return int(action_spec.space.n)
+    return int(shape[-1])
+
+
+class RSSMPrior(nn.Module):
+    """Transition (prior) network: ``(s_{t-1}, h_{t-1}, a_{t-1}) -> (mu, sigma, s_t, h_t)``.
+
+    h_t = GRU(ELU(W [s_{t-1}, a_{t-1}]), h_{t-1});  p(s_t | h_t) = N(mu, sigma),
+    sigma = softplus(.) + ``scale_lb``.
+
+    Args:
+        action_spec: the environment's action spec (its last dim sizes the input);
+            may be ``None`` when ``action_dim`` is given.
+        hidden_dim: width of the hidden layers (input size of the GRU).
+        rnn_hidden_dim: size of the belief h_t.
+        state_dim: size of the stochastic state s_t.
+        scale_lb: lower bound of the std (PlaNet's ``min_std``, 0.1).
+        action_dim: size of the action vector, if ``action_spec`` is not given.
+        device: where to create the parameters.
+
+    Examples:
+        >>> import torch
+        >>> prior = RSSMPrior(None, action_dim=2)
+        >>> mean, std, state, belief = prior(torch.zeros(4, 30), torch.zeros(4, 200), torch.zeros(4, 2))
+        >>> belief.shape, bool((std >= 0.1).all())
+        (torch.Size([4, 200]), True)
+    """
+
+    def __init__(
+        self,
+        action_spec=None,
+        hidden_dim: int = 200,
+        rnn_hidden_dim: int = 200,
+        state_dim: int = 30,
+        scale_lb: float = 0.1,
+        action_dim: int | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.action_dim = _action_dim(action_spec, action_dim)
+        self.action_state_projector = nn.Sequential(
+            nn.Linear(state_dim + self.action_dim, hidden_dim, device=device), nn.ELU()
+        )
+        self.rnn = nn.GRUCell(hidden_dim, rnn_hidden_dim, device=device)
+        self.rnn_to_prior_projector = nn.Sequential(
+            nn.Linear(rnn_hidden_dim, hidden_dim, device=device),
+            nn.ELU(),
+            nn.Linear(hidden_dim, 2 * state_dim, device=device),
+        )
+        self.state_dim = state_dim
+        self.rnn_hidden_dim = rnn_hidden_dim
+        self.hidden_dim = hidden_dim
+        self.scale_lb = scale_lb
+        self.action_shape = torch.Size([self.action_dim])
+
+    def transition(self, state: torch.Tensor, belief: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The deterministic path: h_t = f(h_{t-1}, s_{t-1}, a_{t-1})."""
+        x = self.action_state_projector(torch.cat([state, action.to(state.dtype)], dim=-1))
+        return _gru(self.rnn, x, belief)
+
+    def stats(self, belief: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of p(s_t | h_t)."""
+        mean, raw = self.rnn_to_prior_projector(belief).chunk(2, dim=-1)
+        return mean, _std(raw, self.scale_lb)
+
+    def forward(
+        self,
+        state: torch.Tensor,
+        belief: torch.Tensor,
+        action: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        belief = self.transition(state, belief, action)
+        mean, std = self.stats(belief)
+        if noise is None:
+            noise = torch.randn_like(std)
+        return mean, std, mean + std * noise, belief
+
+
+class RSSMPosterior(nn.Module):
+    """Representation (posterior) network: ``(h_t, e(o_t)) -> (mu, sigma, s_t)``.
+
+    Args:
+        hidden_dim: width of the hidden layer.
+        state_dim: size of the stochastic state.
+        scale_lb: lower bound of the std.
+        rnn_hidden_dim: size of the belief; with ``obs_embed_dim`` sizes the input
+            layer, otherwise it is inferred lazily (as TorchRL does).
+        obs_embed_dim: size of the observation embedding.
+        device: where to create the parameters.
+
+    Examples:
+        >>> import torch
+        >>> post = RSSMPosterior(rnn_hidden_dim=200, obs_embed_dim=1024)
+        >>> mean, std, state = post(torch.zeros(3, 5, 200), torch.zeros(3, 5, 1024))
+        >>> state.shape
+        torch.Size([3, 5, 30])
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int = 200,
+        state_dim: int = 30,
+        scale_lb: float = 0.1,
+        rnn_hidden_dim: int | None = None,
+        obs_embed_dim: int | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        first = (
+            nn.Linear(rnn_hidden_dim + obs_embed_dim, hidden_dim, device=device)
+            if rnn_hidden_dim is not None and obs_embed_dim is not None
+            else nn.LazyLinear(hidden_dim, device=device)
+        )
+        self.obs_rnn_to_post_projector = nn.Sequential(
+            first, nn.ELU(), nn.Linear(hidden_dim, 2 * state_dim, device=device)
+        )
+        self.hidden_dim = hidden_dim
+        self.state_dim = state_dim
+        self.scale_lb = scale_lb
+
+    def stats(self, belief: torch.Tensor, obs_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.obs_rnn_to_post_projector(torch.cat([belief, obs_embedding], dim=-1)).chunk(2, -1)
+        return mean, _std(raw, self.scale_lb)
+
+    def forward(
+        self,
+        belief: torch.Tensor,
+        obs_embedding: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, std = self.stats(belief, obs_embedding)
+        if noise is None:
+            noise = torch.randn_like(std)
+        return mean, std, mean + std * noise
+
+
+def _time_major(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
+    """``[*B, T, F] -> [T, prod(B), F]`` (contiguous per-step slices for the loop)."""
+    return x.reshape(-1, *x.shape[batch_ndim:]).transpose(0, 1).contiguous()
+
+
+def _batch_major(x: torch.Tensor, batch: torch.Size) -> torch.Tensor:
+    """``[T, prod(B), F] -> [*B, T, F]``."""
+    return x.transpose(0, 1).reshape(*batch, x.shape[0], x.shape[-1])
+
+
+class RSSMRollout(TensorDictModuleBase):
+    """Runs the RSSM over time: ``observe`` (filtering) and ``imagine`` (open loop).
+
+    **Tensor API** (the hot path; a small dict of tensors is carried, as in DreamerV3):
+
+    - ``initial(batch_shape)``: the initial latent ``{"state": 0, "belief": 0}``.
+    - ``observe(embedding, action, is_init=None, start=None, noise=None)``: step t
+      consumes ``action[..., t, :]`` and the embedding of the observation that
+      follows it (TorchRL's ``("next", ...)`` layout) and returns
+      ``belief, state, prior_mean, prior_std, posterior_mean, posterior_std``,
+      each ``[*B, T, F]``. Where ``is_init[..., t]`` is set, the latent entering
+      step t is reset to ``initial`` (a new episode starts at that row).
+    - ``imagine(start, action=None, policy=None, horizon=None, noise=None)``:
+      prior-only rollout from ``start`` with given actions ``[*B, H, A]`` or a
+      ``policy(state, belief) -> action``.
+
+    Work that does not depend on the recurrence runs once over all T steps outside
+    the loop: the action's and the embedding's projections into the first layers,
+    and, when filtering, the prior head (the next step feeds on the posterior sample).
+
+    **TensorDict API** (drop-in for TorchRL's ``RSSMRollout``): ``rssm_prior`` and
+    ``rssm_posterior`` are TensorDictModules wrapping prior/posterior networks; the
+    keys are taken from them. The default keys (when plain modules are given) are
+    TorchRL's Dreamer keys: reads ``state``, ``belief`` (row 0, optional), ``action``,
+    ``("next", "encoded_latents")``, ``is_init``; writes ``("next", k)`` for
+    ``prior_mean, prior_std, belief, posterior_mean, posterior_std, state``.
+    Networks other than this package's (e.g. TorchRL's) run through a generic
+    per-step tensor loop.
+
+    Args:
+        rssm_prior: :class:`RSSMPrior` or a TensorDictModule wrapping one.
+        rssm_posterior: :class:`RSSMPosterior` or a TensorDictModule wrapping one.
+        use_scan: accepted for TorchRL compatibility; ignored (the loop is on tensors).
+        compile_step: compile the step functions with ``torch.compile(fullgraph=True)``.
+        compile_backend, compile_mode: passed to ``torch.compile``.
+        is_init_key: key of the episode-start flag.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> prior = RSSMPrior(None, action_dim=2)
+        >>> post = RSSMPosterior(rnn_hidden_dim=200, obs_embed_dim=64)
+        >>> rollout = RSSMRollout(prior, post)
+        >>> td = TensorDict({"action": torch.zeros(4, 10, 2),
+        ...                  ("next", "encoded_latents"): torch.zeros(4, 10, 64)}, [4, 10])
+        >>> rollout(td)["next", "belief"].shape
+        torch.Size([4, 10, 200])
+        >>> out = rollout.imagine(rollout.initial([4]), action=torch.zeros(4, 12, 2))
+        >>> out["state"].shape
+        torch.Size([4, 12, 30])
+    """
+
+    def __init__(
+        self,
+        rssm_prior: nn.Module,
+        rssm_posterior: nn.Module,
+        use_scan: bool = False,
+        compile_step: bool = False,
+        compile_backend: str = "inductor",
+        compile_mode: str | None = None,
+        is_init_key: NestedKey = "is_init",
+    ):
+        super().__init__()
+        if not isinstance(rssm_prior, TensorDictModule):
+            rssm_prior = TensorDictModule(
+                rssm_prior,
+                in_keys=["state", "belief", "action"],
+                out_keys=[("next", "prior_mean"), ("next", "prior_std"), "_", ("next", "belief")],
+            )
+        if not isinstance(rssm_posterior, TensorDictModule):
+            rssm_posterior = TensorDictModule(
+                rssm_posterior,
+                in_keys=[("next", "belief"), ("next", "encoded_latents")],
+                out_keys=[("next", "posterior_mean"), ("next", "posterior_std"), ("next", "state")],
+            )
+        self.rssm_prior = rssm_prior
+        self.rssm_posterior = rssm_posterior
+        self.prior: nn.Module = rssm_prior.module
+        self.posterior: nn.Module = rssm_posterior.module
+        self.state_key, self.belief_key, self.action_key = rssm_prior.in_keys
+        pm, ps, _, nb = rssm_prior.out_keys
+        _, self.embedding_key = rssm_posterior.in_keys
+        qm, qs, ns = rssm_posterior.out_keys
+        self._out = {"prior_mean": pm, "prior_std": ps, "belief": nb,
+                     "posterior_mean": qm, "posterior_std": qs, "state": ns}
+        self.is_init_key = is_init_key
+        self.in_keys = [self.state_key, self.belief_key, self.action_key, self.embedding_key, is_init_key]
+        self.out_keys = list(self._out.values())
+        self.use_scan = use_scan
+        self._fast = isinstance(self.prior, RSSMPrior) and isinstance(self.posterior, RSSMPosterior)
+        self._filter_step = self._filter_step_eager
+        self._imagine_step = self._imagine_step_eager
+        if compile_step:
+            opts = dict(fullgraph=True, dynamic=False, backend=compile_backend, mode=compile_mode)
+            self._filter_step = torch.compile(self._filter_step_eager, **opts)
+            self._imagine_step = torch.compile(self._imagine_step_eager, **opts)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def state_dim(self) -> int:
+        return self.prior.state_dim
+
+    @property
+    def belief_dim(self) -> int:
+        return self.prior.rnn_hidden_dim
+
+    def initial(self, batch_shape, device=None, dtype=None) -> Latent:
+        """The latent at an episode start: zeros, ``{"state": [*B, S], "belief": [*B, D]}``."""
+        p = next(self.prior.parameters())
+        kw = dict(device=device or p.device, dtype=dtype or p.dtype)
+        batch_shape = torch.Size(batch_shape)
+        return {"state": torch.zeros(*batch_shape, self.state_dim, **kw),
+                "belief": torch.zeros(*batch_shape, self.belief_dim, **kw)}
+
+    # ------------------------------------------------------------ step functions
+    def _filter_step_eager(self, state, belief, keep, act_proj, w_state, emb_proj, w_belief, noise):
+        """One filtering step on ``[N, F]`` tensors (compiles with fullgraph=True)."""
+        state, belief = state * keep, belief * keep  # is_init: back to the initial latent
+        x = F.elu(F.linear(state, w_state) + act_proj)
+        belief = self.prior.rnn(x, belief)
+        hidden = F.elu(F.linear(belief, w_belief) + emb_proj)
+        mean, raw = self.posterior.obs_rnn_to_post_projector[2](hidden).chunk(2, -1)
+        std = _std(raw, self.posterior.scale_lb)
+        return mean + std * noise, belief, mean, std
+
+    def _imagine_step_eager(self, state, belief, act_proj, w_state, noise):
+        """One prior step on ``[N, F]`` tensors (compiles with fullgraph=True)."""
+        x = F.elu(F.linear(state, w_state) + act_proj)
+        belief = self.prior.rnn(x, belief)
+        mean, std = self.prior.stats(belief)
+        return mean + std * noise, belief, mean, std
+
+    def _split_action_layer(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Splits the prior's first layer: the action part is applied to all steps at once."""
+        layer = self.prior.action_state_projector[0]
+        w_state, w_action = layer.weight.split([self.state_dim, layer.in_features - self.state_dim], 1)
+        return w_state, F.linear(action.to(w_action.dtype), w_action, layer.bias)
+
+    # --------------------------------------------------------------- observe
+    def observe(
+        self,
+        embedding: torch.Tensor,
+        action: torch.Tensor,
+        is_init: torch.Tensor | None = None,
+        start: Latent | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> Latent:
+        """Posterior filtering over a ``[*B, T]`` sequence (see the class docstring)."""
+        *batch, T, _ = action.shape
+        batch = torch.Size(batch)
+        if embedding.shape[:-1] != action.shape[:-1]:
+            raise ValueError(
+                f"observe: embedding and action must share [*B, T]; got {tuple(embedding.shape)} "
+                f"and {tuple(action.shape)}."
+            )
+        nb = len(batch)
+        start = start if start is not None else self.initial(batch, embedding.device, embedding.dtype)
+        state = start["state"].reshape(-1, self.state_dim)
+        belief = start["belief"].reshape(-1, self.belief_dim)
+        N = state.shape[0]
+        act = _time_major(action.to(embedding.dtype), nb)
+        emb = _time_major(embedding, nb)
+        if noise is None:
+            noise = torch.randn(T, N, self.state_dim, device=embedding.device, dtype=embedding.dtype)
+        else:
+            noise = _time_major(noise, nb)
+        if is_init is None:
+            keep = torch.ones(T, N, 1, device=embedding.device, dtype=embedding.dtype)
+        else:
+            keep = 1.0 - _time_major(is_init.reshape(*batch, T, 1).to(embedding.dtype), nb)
+
+        if not self._fast:
+            return self._observe_generic(emb, act, keep, state, belief, noise, batch)
+
+        layer = self.posterior.obs_rnn_to_post_projector[0]
+        if is_lazy(layer.weight):  # materialise TorchRL-style lazy layers on real shapes
+            self.posterior(belief, emb[0])
+        w_state, act_proj = self._split_action_layer(act)
+        w_belief, w_emb = layer.weight.split([self.belief_dim, layer.in_features - self.belief_dim], 1)
+        emb_proj = F.linear(emb, w_emb, layer.bias)
+
+        # unbind, not [t]: indexing a tensor that needs grad makes autograd zero-fill a
+        # full [T, N, F] gradient at every step (O(T^2)); unbind's backward is one stack.
+        act_proj, emb_proj, keep, noise = act_proj.unbind(0), emb_proj.unbind(0), keep.unbind(0), noise.unbind(0)
+        beliefs, states, post_means, post_stds = [], [], [], []
+        for t in range(T):
+            state, belief, mean, std = self._filter_step(
+                state, belief, keep[t], act_proj[t], w_state, emb_proj[t], w_belief, noise[t]
+            )
+            beliefs.append(belief), states.append(state), post_means.append(mean), post_stds.append(std)
+        belief_seq = torch.stack(beliefs)
+        prior_mean, prior_std = self.prior.stats(belief_seq)  # all steps at once, off the loop
+        out = dict(belief=belief_seq, state=torch.stack(states), prior_mean=prior_mean,
+                   prior_std=prior_std, posterior_mean=torch.stack(post_means),
+                   posterior_std=torch.stack(post_stds))
+        return {k: _batch_major(v, batch) for k, v in out.items()}
+
+    def _observe_generic(self, emb, act, keep, state, belief, noise, batch) -> Latent:
+        """Per-step loop for foreign prior/posterior networks with TorchRL's signatures."""
+        outs: dict[str, list] = {k: [] for k in self._out}
+        for t in range(emb.shape[0]):
+            state, belief = state * keep[t], belief * keep[t]
+            prior_mean, prior_std, _, belief = self.prior(state, belief, act[t])
+            post_mean, post_std, state = self.posterior(belief, emb[t])
+            state = post_mean + post_std * noise[t]
+            for k, v in zip(self._out, (prior_mean, prior_std, belief, post_mean, post_std, state)):
+                outs[k].append(v)
+        return {k: _batch_major(torch.stack(v), batch) for k, v in outs.items()}
+
+    # --------------------------------------------------------------- imagine
+    def imagine(
+        self,
+        start: Latent,
+        action: torch.Tensor | None = None,
+        policy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        horizon: int | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> Latent:
+        """Open-loop prior rollout from ``start`` (``{"state": [*B, S], "belief": [*B, D]}``).
+
+        Give either ``action`` (``[*B, H, A]``) or ``policy`` and ``horizon``. Returns
+        ``belief, state, prior_mean, prior_std`` (and ``action``), each ``[*B, H, F]``.
+        """
+        if (action is None) == (policy is None):
+            raise ValueError("imagine: pass exactly one of `action` ([*B, H, A]) or `policy`.")
+        batch = start["state"].shape[:-1]
+        nb = len(batch)
+        state = start["state"].reshape(-1, self.state_dim)
+        belief = start["belief"].reshape(-1, self.belief_dim)
+        if action is not None:
+            horizon = action.shape[-2]
+            if action.shape[:-2] != batch:
+                raise ValueError(
+                    f"imagine: action must have shape [*B, H, A] with B={tuple(batch)}, got {tuple(action.shape)}."
+                )
+        if horizon is None:
+            raise ValueError("imagine: `horizon` is required with a policy.")
+        N = state.shape[0]
+        if noise is None:
+            noise = torch.randn(horizon, N, self.state_dim, device=state.device, dtype=state.dtype)
+        else:
+            noise = _time_major(noise, nb)
+        layer = self.prior.action_state_projector[0]
+        w_state = layer.weight[:, : self.state_dim]
+        act_proj = None
+        if action is not None and self._fast:
+            w_state, act_proj = self._split_action_layer(_time_major(action, nb))
+        if act_proj is not None:
+            act_proj = act_proj.unbind(0)  # see observe: unbind avoids O(H^2) backward
+        actions = _time_major(action, nb).unbind(0) if action is not None else None
+        noise = noise.unbind(0)
+        outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_mean", "prior_std", "action")}
+        for t in range(horizon):
+            a_t = actions[t] if actions is not None else policy(state, belief).reshape(N, -1)
+            if self._fast:
+                a_proj = act_proj[t] if act_proj is not None else self._split_action_layer(a_t)[1]
+                state, belief, mean, std = self._imagine_step(state, belief, a_proj, w_state, noise[t])
+            else:
+                mean, std, _, belief = self.prior(state, belief, a_t)
+                state = mean + std * noise[t]
+            for k, v in zip(outs, (belief, state, mean, std, a_t)):
+                outs[k].append(v)
+        return {k: _batch_major(torch.stack(v), batch) for k, v in outs.items()}
+
+    # ------------------------------------------------------------ tensordict
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if tensordict.ndim < 1:
+            raise ValueError("RSSMRollout expects a tensordict with a time dimension: batch_size [*B, T].")
+        start = None
+        state0 = tensordict.get(self.state_key, None)
+        belief0 = tensordict.get(self.belief_key, None)
+        if state0 is not None and belief0 is not None:
+            start = {"state": state0[..., 0, :], "belief": belief0[..., 0, :]}
+        out = self.observe(
+            tensordict.get(self.embedding_key),
+            tensordict.get(self.action_key),
+            is_init=tensordict.get(self.is_init_key, None),
+            start=start,
+        )
+        for name, key in self._out.items():
+            tensordict.set(key, out[name])
+        return tensordict
