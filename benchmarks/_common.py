@@ -1,83 +1,86 @@
-"""Shared helpers for the benchmark scripts (timing, JSON rows, command line).
+"""Shared helpers for the benchmark scripts: timing, JSON rows, command-line flags.
 
-Every script times this package and the TorchRL built-in doing the same work in
-one process and writes rows of the form::
-
-    {"name": str, "ours_ms": float, "torchrl_ms": float | None, "speedup": float | None,
-     "device": str, "config": {...}, "note": str}
-
-with ``speedup = torchrl_ms / ours_ms`` (medians after warm-up).
+Every script times this package and TorchRL's built-in doing the same work in the
+same process and writes rows of
+``{"name", "ours_ms", "torchrl_ms", "speedup", "device", "config", "note"}``
+where ``speedup = torchrl_ms / ours_ms`` (medians after warm-up).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import torch
 
 
-def _sync(device: torch.device | str | None) -> None:
-    # CUDA work is asynchronous: time the kernels, not their launch.
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI-class machines")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON to this path")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: per script)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    return args
 
 
-def median_ms(fn: Callable[[], Any], warmup: int = 2, repeats: int = 5,
-              device: torch.device | str | None = None) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, device: str = "cpu") -> float:
+    """Median wall-clock milliseconds of ``fn()`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         fn()
         _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
-def device_name(device: torch.device | str = "cpu") -> str:
-    """A human-readable name of the device the numbers were taken on."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def device_name(device: str = "cpu") -> str:
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def row(name: str, ours_ms: float, torchrl_ms: float | None, device: str,
-        config: dict, note: str = "") -> dict:
-    """One JSON row; ``speedup`` is ``torchrl_ms / ours_ms`` or ``None``."""
-    speedup = None if torchrl_ms is None or ours_ms <= 0 else torchrl_ms / ours_ms
-    return {"name": name, "ours_ms": ours_ms, "torchrl_ms": torchrl_ms, "speedup": speedup,
-            "device": device, "config": config, "note": note}
+def row(name: str, ours_ms: float, torchrl_ms: float | None, device: str, config: dict, note: str = "") -> dict:
+    speedup = (torchrl_ms / ours_ms) if torchrl_ms is not None else None
+    return {"name": name, "ours_ms": round(ours_ms, 3),
+            "torchrl_ms": None if torchrl_ms is None else round(torchrl_ms, 3),
+            "speedup": None if speedup is None else round(speedup, 3),
+            "device": device_name(device), "config": config, "note": note}
 
 
-def write_json(rows: list[dict], path: str | None) -> None:
-    """Writes the rows as a JSON list (nothing when ``path`` is ``None``)."""
-    if path:
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=2)
-
-
-def print_rows(rows: list[dict]) -> None:
-    """A plain table of the rows with their ratios."""
+def report(rows: list[dict], path: Path | None) -> None:
+    """Prints the rows as a table and writes them as JSON when a path is given."""
+    print(f"{'operation':<46} {'ours ms':>10} {'torchrl ms':>11} {'speedup':>8}")
     for r in rows:
-        tr = "n/a" if r["torchrl_ms"] is None else f"{r['torchrl_ms']:.2f}"
-        sp = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        note = f"  ({r['note']})" if r["note"] else ""
-        print(f"{r['name']:<48} ours {r['ours_ms']:>10.2f} ms  torchrl {tr:>10} ms  speedup {sp:>7}{note}")
-
-
-def make_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the common ``--quick``, ``--json`` and ``--device`` flags."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI-class machines)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the rows as JSON to PATH")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    return parser
+        t = "n/a" if r["torchrl_ms"] is None else f"{r['torchrl_ms']:.2f}"
+        s = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        print(f"{r['name']:<46} {r['ours_ms']:>10.2f} {t:>11} {s:>8}" + (f"  ({r['note']})" if r["note"] else ""))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2))
+        print(f"wrote {path}")
