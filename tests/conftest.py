@@ -1,0 +1,9 @@
+import os
+
+# dm_control renders through EGL on CPU machines (osmesa does not work here); set before any import.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+
+# Two cores: keep intra-op threads fixed so test times are predictable.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
