@@ -19,13 +19,20 @@ from pathlib import Path
 import torch
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every benchmark takes: --quick, --json PATH, --device, --repeats, --threads."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI-class machines")
     parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON to this path")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: per script)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    return parser
+
+
+def parse_args(description: str, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parses the common flags, applies --threads and checks that --device exists."""
+    parser = parser or make_parser(description)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,14 +80,23 @@ def row(name: str, ours_ms: float, torchrl_ms: float | None, device: str, config
             "device": device_name(device), "config": config, "note": note}
 
 
-def report(rows: list[dict], path: Path | None) -> None:
-    """Prints the rows as a table and writes them as JSON when a path is given."""
+def print_rows(rows: list[dict]) -> None:
     print(f"{'operation':<46} {'ours ms':>10} {'torchrl ms':>11} {'speedup':>8}")
     for r in rows:
         t = "n/a" if r["torchrl_ms"] is None else f"{r['torchrl_ms']:.2f}"
         s = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         print(f"{r['name']:<46} {r['ours_ms']:>10.2f} {t:>11} {s:>8}" + (f"  ({r['note']})" if r["note"] else ""))
+
+
+def write_json(rows: list[dict], path: str | Path | None) -> None:
     if path is not None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=2))
         print(f"wrote {path}")
+
+
+def report(rows: list[dict], path: str | Path | None) -> None:
+    """Prints the rows as a table and writes them as JSON when a path is given."""
+    print_rows(rows)
+    write_json(rows, path)
