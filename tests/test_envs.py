@@ -1,0 +1,251 @@
+"""Environment factory and pixel transforms (BitDepth, Dequantize, ResizePixels)."""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from torchrl.data import Composite, Unbounded, UnboundedDiscrete  # noqa: E402
+from torchrl.envs import TensorDictPrimer  # noqa: E402
+from torchrl.envs.utils import check_env_specs  # noqa: E402
+
+from torchrl_rssm.envs import (  # noqa: E402
+    DEFAULT_ACTION_REPEAT,
+    PAPER_TASKS,
+    BitDepth,
+    Dequantize,
+    ResizePixels,
+    available_envs,
+    make_env,
+)
+from torchrl_rssm.modules import pixels_to_model  # noqa: E402
+
+ALL_U8 = torch.arange(256, dtype=torch.uint8)
+
+
+# ----------------------------------------------------------------- BitDepth
+@pytest.mark.parametrize("bits", [1, 3, 5, 8])
+def test_bitdepth_values_on_grid(bits):
+    t = BitDepth(bits)
+    step = 2 ** (8 - bits)
+    out = t(TensorDict(pixels=ALL_U8.clone(), batch_size=[256]))["pixels"]
+    assert out.dtype == torch.uint8
+    assert torch.equal(out.long(), (ALL_U8.long() // step) * step)
+    # idempotent, and grid values pass unchanged
+    assert torch.equal(t._apply_transform(out), out)
+    grid = torch.arange(0, 256, step, dtype=torch.uint8)
+    assert torch.equal(t._apply_transform(grid), grid)
+    # the model's conversion gives PlaNet's values exactly
+    planet = torch.floor(ALL_U8.double() / step) / 2**bits - 0.5
+    assert torch.equal(pixels_to_model(out).double(), planet)
+
+
+def test_bitdepth_layouts_errors_and_spec():
+    t = BitDepth(5)
+    hwc = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    assert torch.equal(t._apply_transform(hwc), (hwc // 8) * 8)
+    with pytest.raises(TypeError, match="uint8"):
+        t._apply_transform(hwc.float())
+    for bad in (0, 9, 5.0, True):
+        with pytest.raises(ValueError, match="bits"):
+            BitDepth(bad)
+    spec = Composite(pixels=UnboundedDiscrete(shape=(3, 64, 64), dtype=torch.uint8))
+    out = t.transform_observation_spec(spec)["pixels"]
+    assert out.dtype == torch.uint8 and out.shape == (3, 64, 64)
+    assert int(out.space.low.min()) == 0 and int(out.space.high.max()) == 248
+    assert out.is_in(t._apply_transform(torch.full((3, 64, 64), 255, dtype=torch.uint8)))
+
+
+# --------------------------------------------------------------- Dequantize
+def test_dequantize_range_offset_and_grid():
+    torch.manual_seed(0)
+    x = BitDepth(5)._apply_transform(ALL_U8.repeat(400))  # every grid value, many times
+    td = TensorDict({"pixels": x, ("next", "pixels"): x.clone()}, batch_size=[x.numel()])
+    out = Dequantize(5)(td)
+    for key in ("pixels", ("next", "pixels")):
+        y = out[key]
+        assert y.dtype == torch.float32
+        assert y.min() >= -0.5 and y.max() < 0.5
+        offset = y - pixels_to_model(x)
+        assert offset.min() >= 0 and offset.max() < 1 / 32
+        assert abs(offset.mean().item() - 1 / 64) < 5e-4  # half a quantisation step
+        assert torch.equal((torch.floor((y + 0.5) * 32) * 8).to(torch.uint8), x)  # floor recovers the grid
+    # without noise: exactly the model's conversion; floats pass unchanged
+    assert torch.equal(Dequantize(5, noise=False)._apply_transform(x), pixels_to_model(x))
+    f = torch.rand(5)
+    assert Dequantize(5)._apply_transform(f) is f
+    # missing keys are skipped (vector data passes through)
+    assert "pixels" not in Dequantize(5)(TensorDict(observation=torch.zeros(3, 2), batch_size=[3])).keys()
+
+
+def test_dequantize_top_value_stays_below_half(monkeypatch):
+    # u = 1 - 2**-24 (the largest torch.rand value) would round 248/256 - 0.5 + u/32 up to 0.5 in float32
+    x = torch.full((10,), 248, dtype=torch.uint8)
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24, **kw))
+    y = Dequantize(5)._apply_transform(x)
+    assert (y < 0.5).all() and (y > 0.49).all()
+
+
+def test_dequantize_spec():
+    spec = Composite(pixels=UnboundedDiscrete(shape=(3, 64, 64), dtype=torch.uint8))
+    out = Dequantize(5, in_keys=["pixels"]).transform_observation_spec(spec)["pixels"]
+    assert out.dtype == torch.float32 and out.shape == (3, 64, 64)
+
+
+def test_resize_pixels():
+    img = torch.full((2, 90, 120, 3), 77, dtype=torch.uint8)
+    out = ResizePixels(64, channels_last=True)(TensorDict(pixels=img, batch_size=[2]))["pixels"]
+    assert out.shape == (2, 3, 64, 64) and out.dtype == torch.uint8 and (out == 77).all()
+    spec = Composite(pixels=Unbounded(shape=(90, 120, 3), dtype=torch.uint8))
+    assert ResizePixels(64, channels_last=True).transform_observation_spec(spec)["pixels"].shape == (3, 64, 64)
+
+
+# ------------------------------------------------------------------ make_env
+def test_paper_tasks_and_names():
+    assert PAPER_TASKS == {
+        "dmc:cartpole-swingup": 8, "dmc:reacher-easy": 4, "dmc:cheetah-run": 4,
+        "dmc:finger-spin": 2, "dmc:ball_in_cup-catch": 4, "dmc:walker-walk": 2,
+    }
+    for name, repeat in PAPER_TASKS.items():
+        assert DEFAULT_ACTION_REPEAT[name[4:].split("-")[0]] == repeat
+    names = available_envs("dmc")
+    assert set(PAPER_TASKS) <= set(names)
+    assert "gym:Pendulum-v1" in available_envs()
+
+
+def test_dmc_pixels_env():
+    env = make_env("dmc:cartpole-swingup", seed=0)
+    assert env.action_repeat == 8 and env.max_episode_steps == 125
+    spec = env.observation_spec["pixels"]
+    assert spec.shape == (3, 64, 64) and spec.dtype == torch.uint8
+    check_env_specs(env)
+    td = env.rollout(1000, break_when_any_done=True)
+    assert td.shape == (125,)  # 1000 env steps / action repeat 8
+    assert td["next", "truncated"][-1].item() and not td["next", "done"][:-1].any()
+    assert td["next", "step_count"][-1].item() == 125 and td["is_init"][0].item()
+    px = td["next", "pixels"]
+    assert px.dtype == torch.uint8 and px.shape == (125, 3, 64, 64)
+    assert (px % 8 == 0).all() and px.float().std() > 0  # 5-bit grid, a real image
+    assert td["action"].dtype == torch.float32 and td["next", "reward"].dtype == torch.float32
+
+
+def test_dmc_action_repeat_matches_single_steps():
+    """One agent step with repeat R == R environment steps (reward summed), pixel and vector envs alike."""
+    actions = torch.linspace(-1, 1, 5).unsqueeze(-1)
+    single = make_env("dmc:cartpole-swingup", from_pixels=False, action_repeat=1, seed=3)
+    vec4 = make_env("dmc:cartpole-swingup", from_pixels=False, action_repeat=4, seed=3)
+    pix4 = make_env("dmc:cartpole-swingup", from_pixels=True, pixels_only=False, action_repeat=4, seed=3)
+    rewards = {}
+    for name, env, repeat in (("single", single, 4), ("vec", vec4, 1), ("pix", pix4, 1)):
+        td = env.reset()
+        total, obs = [], []
+        for a in actions:
+            r = 0.0
+            for _ in range(repeat):
+                td = env.step(td.set("action", a.clone()))
+                r += td["next", "reward"].item()
+                td = td["next"].clone()
+            total.append(r)
+            obs.append(td["observation"])
+        rewards[name] = (torch.tensor(total), torch.stack(obs))
+    for name in ("vec", "pix"):
+        torch.testing.assert_close(rewards[name][0], rewards["single"][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rewards[name][1], rewards["single"][1], rtol=1e-5, atol=1e-5)
+    assert pix4.observation_spec["pixels"].shape == (3, 64, 64)
+
+
+def test_dmc_vector_env_and_primer():
+    primer = TensorDictPrimer(belief=Unbounded((4,)), state=Unbounded((3,)))
+    env = make_env("dmc:walker-walk", from_pixels=False, seed=1, primers=primer)
+    assert env.action_repeat == 2 and env.max_episode_steps == 500
+    obs = env.observation_spec["observation"]
+    assert obs.shape == (24,) and obs.dtype == torch.float32 and "pixels" not in env.observation_spec.keys()
+    check_env_specs(env)
+    td = env.reset()
+    assert (td["belief"] == 0).all() and td["state"].shape == (3,)
+    # same seed -> same initial states; another seed -> different ones
+    first = [make_env("dmc:walker-walk", from_pixels=False, seed=s).reset()["observation"] for s in (7, 7, 8)]
+    torch.testing.assert_close(first[0], first[1])
+    assert not torch.allclose(first[0], first[2])
+
+
+def test_gym_vector_env():
+    env = make_env("gym:Pendulum-v1", from_pixels=False, seed=0)
+    assert env.observation_spec["observation"].shape == (3,)
+    assert env.action_repeat == 1 and env.max_episode_steps == 200
+    check_env_specs(env)
+    assert make_env("gym:Pendulum-v1", from_pixels=False, action_repeat=4).max_episode_steps == 50
+
+
+class _ToyRender(gymnasium.Env):
+    """Renders a frame whose value counts the environment steps (for the pixel path)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gymnasium.spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1, 1, (1,), np.float32)
+        self.render_mode = render_mode
+        self.t = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(2, self.t / 100, np.float32), 1.0, False, False, {}
+
+    def render(self):
+        return np.full((90, 120, 3), self.t * 10, np.uint8)
+
+
+def test_gym_pixels_env():
+    if "ToyRender-v0" not in gymnasium.registry:
+        gymnasium.register("ToyRender-v0", entry_point=_ToyRender, max_episode_steps=20)
+    env = make_env("gym:ToyRender-v0", action_repeat=2, bit_depth=None)
+    assert env.max_episode_steps == 10
+    assert set(env.observation_spec.keys()) >= {"pixels"} and "observation" not in env.observation_spec.keys()
+    check_env_specs(env)
+    td = env.rollout(100, break_when_any_done=True)
+    assert td.shape == (10,) and td["pixels"].shape == (10, 3, 64, 64) and td["pixels"].dtype == torch.uint8
+    # rendered once per agent step, after both repeated steps; reward summed
+    assert td["next", "pixels"][:, 0, 0, 0].tolist() == [20 * (i + 1) for i in range(10)]
+    assert (td["next", "reward"] == 2).all()
+    both = make_env("gym:ToyRender-v0", pixels_only=False)
+    assert {"pixels", "observation"} <= set(both.observation_spec.keys())
+    check_env_specs(both)
+
+
+def test_gym_pixels_unsupported_renderer_is_explained():
+    # Pendulum needs pygame to render, which this machine may lack: either it works or the error says why
+    try:
+        env = make_env("gym:Pendulum-v1")
+    except RuntimeError as err:
+        assert "from_pixels=False" in str(err)
+    else:
+        assert env.observation_spec["pixels"].shape == (3, 64, 64)
+
+
+def test_unknown_names_and_bad_arguments():
+    with pytest.raises(ValueError, match="cartpole-swingup") as info:
+        make_env("dmc:cartpole-swingupp")
+    assert "dmc:<domain>-<task>" in str(info.value) and "walker-walk" in str(info.value)
+    with pytest.raises(ValueError, match="Pendulum-v1"):
+        make_env("gym:Pendulum-v99")
+    with pytest.raises(ValueError, match="backend"):
+        make_env("atari:Pong")
+    with pytest.raises(TypeError, match="name"):
+        make_env(3)
+    with pytest.raises(ValueError, match="action_repeat"):
+        make_env("dmc:cartpole-swingup", action_repeat=0)
+    with pytest.raises(ValueError, match="bit_depth"):
+        make_env("dmc:cartpole-swingup", bit_depth=9)
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        make_env("dmc:cartpole-swingup", max_episode_steps=-1)
+    with pytest.raises(TypeError, match="primers"):
+        make_env("dmc:cartpole-swingup", from_pixels=False, primers=[object()])

@@ -1,0 +1,268 @@
+"""Sequence replay buffer: episode-respecting [B, L] chunks, dequantisation, save/restore, collectors."""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+
+from torchrl_rssm.data import load_replay_buffer, make_replay_buffer, save_replay_buffer  # noqa: E402
+
+PIX = (3, 8, 8)  # small images keep the tests fast; the buffer does not care about the size
+
+
+def episode(ep: int, length: int, *, flags: bool = True, pixels: bool = True) -> TensorDict:
+    """A hand-made episode: obs = 1000 * ep + t, pixels = 8 * (ep % 32) (on the 5-bit grid)."""
+    t = torch.arange(length)
+    data = {"obs": 1000.0 * ep + t.float(), "t": t, "action": torch.randn(length, 2)}
+    if pixels:
+        value = 8 * (ep % 32)
+        data["pixels"] = torch.full((length, *PIX), value, dtype=torch.uint8)
+        data[("next", "pixels")] = torch.full((length, *PIX), value, dtype=torch.uint8)
+    if flags:
+        data["is_init"] = (t == 0).unsqueeze(-1)
+        data[("next", "done")] = (t == length - 1).unsqueeze(-1)
+    return TensorDict(data, [length])
+
+
+def assert_chunks_within_episodes(batch, chunk_length):
+    ids = batch["episode"]
+    assert (ids == ids[:, :1]).all(), "a chunk crosses an episode boundary"
+    assert (batch["t"].diff(dim=1) == 1).all(), "steps in a chunk are not consecutive"
+    assert ((batch["obs"] // 1000).diff(dim=1) == 0).all()
+    assert batch.shape[1] == chunk_length
+
+
+def test_chunks_never_cross_episodes_and_short_episodes_are_skipped():
+    B, L = 16, 6
+    rb = make_replay_buffer(1000, batch_size=B, chunk_length=L)
+    lengths = [10, 3, 25, 5, 7, 40, 6]  # 3 and 5 are shorter than L
+    for ep, n in enumerate(lengths):
+        rb.extend(episode(ep, n))
+    assert len(rb) == sum(lengths) and rb.num_episodes == len(lengths)
+    seen = set()
+    for _ in range(60):
+        batch = rb.sample()
+        assert batch.shape == (B, L)
+        assert_chunks_within_episodes(batch, L)
+        seen |= set((batch["obs"][:, 0] // 1000).long().tolist())
+    assert seen == {0, 2, 4, 5, 6}  # every episode with >= L steps, none shorter
+
+
+def test_chunk_sampler_matches_torchrl_slice_sampler():
+    """Our sampler only skips TorchRL's full-row read for the slice flags: same chunks, same flags."""
+    from torchrl.data import SliceSampler
+
+    rb = make_replay_buffer(300, batch_size=10, chunk_length=4, dequantize_bits=None)
+    for ep in range(6):
+        rb.extend(episode(ep, 9 + ep))
+    ours = rb.sampler
+    plain = SliceSampler(slice_len=4, traj_key="episode", strict_length=True, cache_values=True)
+    results = []
+    for sampler in (ours, plain):
+        rb._sampler = sampler
+        sampler._rng = torch.Generator().manual_seed(0)
+        results.append(rb.sample())
+    rb._sampler = ours
+    for key in ("obs", "episode", "is_init", ("next", "done"), ("next", "truncated"), ("next", "terminated")):
+        assert torch.equal(results[0][key], results[1][key]), key
+    assert results[0]["is_init"][:, 0].all() and results[0]["next", "truncated"][:, -1].all()
+
+
+def test_pixels_stored_uint8_sampled_dequantized():
+    rb = make_replay_buffer(200, batch_size=8, chunk_length=4)
+    for ep in range(5):
+        rb.extend(episode(ep, 12))
+    stored = rb.storage.get(slice(0, len(rb)))
+    assert stored["pixels"].dtype == torch.uint8 and stored["next", "pixels"].dtype == torch.uint8
+    batch, info = rb.sample(return_info=True)
+    index = info["index"][0].reshape(batch.shape)
+    for key in ("pixels", ("next", "pixels")):
+        y = batch[key]
+        assert y.dtype == torch.float32 and y.shape == (8, 4, *PIX)
+        assert y.min() >= -0.5 and y.max() < 0.5
+        grid = (torch.floor((y + 0.5) * 32) * 8).to(torch.uint8)
+        assert torch.equal(grid, stored[key][index])
+    assert rb.storage.get(slice(0, len(rb)))["pixels"].dtype == torch.uint8  # storage untouched
+    raw = make_replay_buffer(200, batch_size=8, chunk_length=4, dequantize_bits=None)
+    raw.extend(episode(0, 12))
+    assert raw.sample()["pixels"].dtype == torch.uint8
+
+
+def test_episode_split_across_extends_continues_and_ids_stay_unique():
+    rb = make_replay_buffer(500, batch_size=32, chunk_length=5)
+    ep = episode(0, 20)
+    rb.extend(ep[:8])  # unfinished episode...
+    rb.extend(ep[8:])  # ...continued by the next batch (no is_init there)
+    rb.extend(episode(1, 10))
+    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    assert ids.tolist() == [0] * 20 + [1] * 10
+    crossing = False
+    for _ in range(20):
+        batch = rb.sample()
+        assert_chunks_within_episodes(batch, 5)
+        crossing |= bool(((batch["t"][:, 0] < 8) & (batch["t"][:, -1] >= 8)).any())
+    assert crossing  # chunks do span the write boundary inside the episode
+    # hand-written ids reused (0 again) and collector traj_ids restarting at 0 still give new episodes
+    again = episode(0, 10, flags=False)
+    again["episode"] = torch.zeros(10, dtype=torch.long)
+    rb.extend(again)
+    again2 = episode(0, 10, flags=False)
+    again2["episode"] = torch.ones(10, dtype=torch.long)
+    rb.extend(again2)
+    coll = episode(0, 12, flags=False)
+    coll["collector", "traj_ids"] = torch.tensor([0] * 6 + [1] * 6)
+    rb.extend(coll)
+    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    assert ids[30:].tolist() == [2] * 10 + [3] * 10 + [4] * 6 + [5] * 6
+    assert rb.num_episodes == 6
+
+
+def test_batched_data_rows_become_separate_pieces():
+    rb = make_replay_buffer(500, batch_size=8, chunk_length=3)
+    data = torch.stack([episode(0, 6, flags=False), episode(1, 6, flags=False)])  # [N=2, T=6], no flags
+    with pytest.warns(UserWarning, match="none of is_init"):
+        rb.extend(data)
+    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    assert ids.tolist() == [0] * 6 + [1] * 6
+    assert_chunks_within_episodes(rb.sample(), 3)
+
+
+def test_adding_while_sampling_and_wrapping_at_capacity():
+    L = 5
+    rb = make_replay_buffer(50, batch_size=16, chunk_length=L)
+    rb.extend(episode(0, 12))
+    assert set(rb.sample()["episode"].unique().tolist()) == {0}
+    for ep in range(1, 12):  # 144 steps into 50 slots: the storage wraps around twice
+        rb.extend(episode(ep, 12))
+        batch = rb.sample()
+        assert_chunks_within_episodes(batch, L)
+        assert len(rb) == min(50, 12 * (ep + 1))
+    live = set(rb.storage.get(slice(0, 50))["episode"].tolist())
+    assert live == {7, 8, 9, 10, 11}  # ep 7 partly overwritten (2 steps left)
+    seen = set()
+    for _ in range(40):
+        batch = rb.sample()
+        assert_chunks_within_episodes(batch, L)
+        seen |= set(batch["episode"][:, 0].tolist())
+    assert seen == {8, 9, 10, 11}  # the 2-step remainder of episode 7 is too short
+
+
+def test_sampling_errors():
+    rb = make_replay_buffer(100, batch_size=4, chunk_length=10)
+    with pytest.raises(RuntimeError, match="empty"):
+        rb.sample()
+    rb.extend(episode(0, 5))
+    with pytest.raises(RuntimeError, match="chunk_length=10"):
+        rb.sample()
+    with pytest.raises(ValueError, match="multiple of chunk_length"):
+        rb.sample(batch_size=15)
+    with pytest.raises(ValueError, match="chunk_length"):
+        make_replay_buffer(10, batch_size=4, chunk_length=20)
+    with pytest.raises(ValueError, match="batch_size"):
+        make_replay_buffer(10, batch_size=0, chunk_length=2)
+    with pytest.raises(TypeError, match="TensorDict"):
+        rb.extend({"obs": torch.zeros(3)})
+
+
+def test_exclude_keys_drops_root_pixels():
+    rb = make_replay_buffer(100, batch_size=4, chunk_length=3, exclude_keys=["pixels"])
+    data = episode(0, 10)
+    rb.extend(data)
+    assert "pixels" in data.keys()  # the caller's data is untouched
+    batch = rb.sample()
+    assert "pixels" not in batch.keys() and batch["next", "pixels"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("memmap", [False, True])
+def test_save_load_round_trip(tmp_path, memmap):
+    kwargs = {"memmap_dir": tmp_path / "mm"} if memmap else {}
+    rb = make_replay_buffer(60, batch_size=6, chunk_length=4, dequantize_bits=None, **kwargs)
+    for ep in range(7):  # 70 steps into 60 slots: saved while wrapped around
+        rb.extend(episode(ep, 10))
+    rb.extend(episode(7, 6)[:3])  # an unfinished episode at the end
+    save_replay_buffer(rb, tmp_path / "ckpt")
+    for target in [None, tmp_path / "mm2"]:
+        rb2 = load_replay_buffer(tmp_path / "ckpt", memmap_dir=target)
+        assert len(rb2) == len(rb) == 60
+        before, after = rb.storage.get(slice(0, 60)), rb2.storage.get(slice(0, 60))
+        for key in ("episode", "obs", "pixels", ("next", "pixels"), ("next", "done")):
+            assert torch.equal(before[key], after[key]), key
+        assert rb2.writer.state_dict() == rb.writer.state_dict()
+        # same sampler RNG -> same chunks
+        rb.sampler._rng, rb2.sampler._rng = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        s1, s2 = rb.sample(), rb2.sample()
+        assert torch.equal(s1["obs"], s2["obs"]) and torch.equal(s1["pixels"], s2["pixels"])
+        assert_chunks_within_episodes(s2, 4)
+        # appending continues the unfinished episode and the numbering, overwriting the same slots
+        rb2.extend(episode(7, 6)[3:])
+        rb2.extend(episode(8, 5))
+        tail = rb2.storage.get(slice(0, 60))
+        assert tail["episode"][13:16].tolist() == [7, 7, 7] and tail["episode"][16:21].tolist() == [8] * 5
+        assert len(list((tmp_path / "ckpt").rglob("*"))) > 0
+    if memmap:
+        assert any((tmp_path / "mm2").rglob("*.memmap"))
+    # resuming into a freshly built buffer (e.g. a restarted run whose memmap dir still holds old files)
+    if memmap:  # memmap files left behind by a killed run
+        stale = make_replay_buffer(60, batch_size=6, chunk_length=4, memmap_dir=tmp_path / "stale")
+        stale.extend(episode(99, 10))
+        del stale
+        kwargs = {"memmap_dir": tmp_path / "stale"}
+    fresh = make_replay_buffer(60, batch_size=6, chunk_length=4, dequantize_bits=None, **kwargs)
+    assert load_replay_buffer(tmp_path / "ckpt", fresh) is fresh
+    assert torch.equal(fresh.storage.get(slice(0, 60))["obs"], rb.storage.get(slice(0, 60))["obs"])
+    assert fresh.num_episodes == rb.num_episodes and fresh.writer.state_dict() == rb.writer.state_dict()
+    with pytest.raises(ValueError, match="capacity"):
+        load_replay_buffer(tmp_path / "ckpt", make_replay_buffer(61, batch_size=6, chunk_length=4))
+    with pytest.raises(ValueError, match="new buffer"):
+        load_replay_buffer(tmp_path / "ckpt", fresh, device="cpu")
+
+
+def test_torchrl_dumps_loads_keep_episode_counter(tmp_path):
+    rb = make_replay_buffer(40, batch_size=2, chunk_length=3)
+    rb.extend(episode(0, 10))
+    rb.extend(episode(1, 4)[:2])
+    rb.dumps(tmp_path / "d")
+    rb2 = make_replay_buffer(40, batch_size=2, chunk_length=3)
+    rb2.loads(tmp_path / "d")
+    assert len(rb2) == 12 and rb2.num_episodes == 2
+    rb2.extend(episode(1, 4)[2:])
+    assert rb2.storage.get(slice(0, 14))["episode"].tolist() == [0] * 10 + [1] * 4
+    sd = rb2.state_dict()
+    rb3 = make_replay_buffer(40, batch_size=2, chunk_length=3)
+    rb3.load_state_dict(sd)
+    assert rb3.num_episodes == 2 and len(rb3) == 14
+
+
+try:  # torchrl 0.14 renamed SyncDataCollector to Collector
+    from torchrl.collectors import SyncDataCollector
+except ImportError:
+    from torchrl.collectors import Collector as SyncDataCollector
+
+
+@pytest.mark.parametrize("buffer_in_collector", [False, True])
+def test_with_sync_data_collector(buffer_in_collector):
+    from torchrl_rssm.envs import make_env
+
+    env = make_env("dmc:cartpole-swingup", max_episode_steps=6, seed=0)
+    rb = make_replay_buffer(100, batch_size=8, chunk_length=3)
+    # 2 episodes of 6 steps in batches of 4: the first episode is split across batches
+    extra = {"replay_buffer": rb} if buffer_in_collector else {}
+    collector = SyncDataCollector(env, policy=None, frames_per_batch=4, total_frames=12, **extra)
+    for data in collector:
+        if not buffer_in_collector:
+            assert data["pixels"].dtype == torch.uint8
+            rb.extend(data)
+    collector.shutdown()
+    assert len(rb) == 12 and rb.num_episodes == 2
+    stored = rb.storage.get(slice(0, 12))
+    assert stored["episode"].tolist() == [0] * 6 + [1] * 6
+    assert torch.equal(stored["episode"], stored["collector", "traj_ids"])
+    for _ in range(5):
+        batch = rb.sample()
+        assert batch.shape == (8, 3)
+        assert (batch["episode"] == batch["episode"][:, :1]).all()
+        assert (batch["step_count"].squeeze(-1).diff(dim=1) == 1).all()
+        assert batch["next", "pixels"].dtype == torch.float32 and batch["next", "pixels"].shape == (8, 3, 3, 64, 64)
+        assert batch["pixels"].min() >= -0.5 and batch["pixels"].max() < 0.5
