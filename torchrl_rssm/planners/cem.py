@@ -1,0 +1,151 @@
+"""Cross-entropy method (CEM) planning in latent space (PlaNet, Hafner et al. 2019).
+
+The optimiser is :func:`cem`, a plain function over tensors::
+
+    for each iteration:
+        sample N action sequences per environment from N(mean, std), clip to the bounds
+        roll them out in the latent model, sum the predicted rewards
+        refit mean and std to the top K
+
+:class:`CEMPlanner` wraps it as a TorchRL policy module: it reads ``state`` /
+``belief`` for a batch of environments ``[*B]`` and writes the first action of the
+final mean.
+"""
+from __future__ import annotations
+
+import torch
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.data import TensorSpec
+
+from ._common import ActionSpace, PlannerBase, Returns, top_k_elites
+
+
+def cem(
+    returns_fn: Returns,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    space: ActionSpace,
+    *,
+    num_candidates: int,
+    top_k: int,
+    optim_steps: int,
+    min_std: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy method over action sequences.
+
+    Args:
+        returns_fn: ``actions [M, N, H, A] -> returns [M, N]``.
+        mean, std: the initial plan, ``[M, H, A]`` (discrete: ``mean`` holds
+            per-step probabilities, ``std`` is ignored).
+        space: the :class:`ActionSpace` (sampling, clipping).
+        num_candidates (N), top_k (K), optim_steps (I): CEM's sizes.
+        min_std: lower bound of the refitted std, so that the search never
+            collapses to a point (``top_k=1`` gives std 0 before the bound, not NaN).
+
+    Returns:
+        the final plan ``(mean, std)``, each ``[M, H, A]``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import Bounded
+        >>> space = ActionSpace(Bounded(-1, 1, (1,)))
+        >>> target = 0.5  # reward -(a - 0.5)^2 at every step
+        >>> returns = lambda a: -((a - target) ** 2).sum((-1, -2))
+        >>> mean, std = space.initial(1, 3, 1.0, "cpu", torch.float32)
+        >>> mean, std = cem(returns, mean, std, space, num_candidates=200, top_k=20, optim_steps=8)
+        >>> bool((mean - target).abs().max() < 0.05)
+        True
+    """
+    for _ in range(optim_steps):
+        actions = space.sample(mean, std, num_candidates)          # [M, N, H, A], clipped
+        returns = returns_fn(actions)                              # [M, N]
+        elites, _ = top_k_elites(actions, returns, top_k)          # [M, K, H, A]
+        mean = elites.mean(1)                                      # discrete: elite frequencies
+        if not space.discrete:
+            # population std (unbiased=False): one elite gives 0, not NaN; min_std keeps it searching
+            std = elites.std(1, unbiased=False).clamp_min(min_std)
+    return mean, std
+
+
+class CEMPlanner(PlannerBase):
+    """CEM planner over a latent model, as a TorchRL policy module.
+
+    A drop-in for :class:`torchrl.modules.planners.CEMPlanner` (same positional
+    arguments: ``env, planning_horizon, optim_steps, num_candidates, top_k,
+    reward_key, action_key``) that also takes this package's world model directly.
+
+    Given ``state`` ``[*B, S]`` and ``belief`` ``[*B, D]`` for a batch of
+    environments, it samples ``[*B, N, H, A]`` candidate sequences, rolls them out
+    with the RSSM prior as tensors (no ``env.rollout``, no tensordict per step),
+    scores them with the reward head, refits mean/std to the top K for I iterations
+    and writes the first action of the mean to ``action_key``.
+
+    Args:
+        model: one of
+
+            - a :class:`~torchrl_rssm.modules.RSSMWorldModel` (give ``action_spec``);
+            - a TorchRL model-based env such as ``DreamerEnv`` whose ``world_model``
+              holds an RSSM prior and a reward module under the Dreamer keys: when
+              the prior is this package's ``RSSMPrior`` the fast tensor path runs;
+              other modules run through the env's ``world_model`` on one batched
+              tensordict per step; any other stateless env is stepped with
+              ``env.step`` (like TorchRL's planner, minus ``env.rollout``);
+            - a pair ``(prior, reward)``: ``prior(state, belief, action) -> (mean, std,
+              state, belief)`` (TorchRL's convention) and ``reward(state, belief)``.
+        planning_horizon (H): length of the imagined sequences (PlaNet: 12).
+        optim_steps (I): CEM iterations (PlaNet: 10).
+        num_candidates (N): sequences sampled per iteration (PlaNet: 1000).
+        top_k (K): elites refitted to (PlaNet: 100).
+        reward_key: reward key of the env path (TorchRL's default ``("next", "reward")``).
+        action_key: where the action is written.
+
+    Keyword Args:
+        action_spec: the action spec (default: the env's). Bounded and unbounded
+            float boxes ``[A]``, ``OneHot`` and ``Categorical`` specs.
+        reward_model: overrides the world model's reward head.
+        state_key, belief_key: where the latent is read (``"state"``, ``"belief"``).
+        warm_start: start from the previous plan shifted by one step (read from and
+            written to ``plan_key``; rows where ``is_init_key`` is set start cold).
+        init_std: initial std as a fraction of the box half-width (PlaNet: 1).
+        min_std: lower bound of the refitted std (default 1e-3).
+        sample_states: roll out with prior samples (PlaNet) or with prior means.
+        compile: ``torch.compile(fullgraph=True, dynamic=False)`` the whole search
+            (a dict adds compile options, e.g. ``{"backend": "aot_eager"}``).
+        cuda_graph: capture the search in a CUDA graph per batch shape (CUDA only).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded, Composite, Unbounded
+        >>> from torchrl_rssm.modules import make_world_model
+        >>> action_spec = Bounded(-1, 1, (2,))
+        >>> wm = make_world_model(Composite(observation=Unbounded((5,))), action_spec,
+        ...                       state_dim=8, belief_dim=16, hidden_dim=16)
+        >>> planner = CEMPlanner(wm, 5, 3, 50, 5, action_spec=action_spec)
+        >>> td = TensorDict(state=torch.zeros(4, 8), belief=torch.zeros(4, 16), batch_size=[4])
+        >>> planner(td)["action"].shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        model,
+        planning_horizon: int = 12,
+        optim_steps: int = 10,
+        num_candidates: int = 1000,
+        top_k: int = 100,
+        reward_key: NestedKey = ("next", "reward"),
+        action_key: NestedKey = "action",
+        *,
+        action_spec: TensorSpec | None = None,
+        reward_model: nn.Module | None = None,
+        **kwargs,
+    ):
+        super().__init__(model, planning_horizon, optim_steps, num_candidates, top_k, reward_key, action_key,
+                         action_spec=action_spec, reward_model=reward_model, **kwargs)
+
+    def search(self, returns_fn: Returns, mean: torch.Tensor, std: torch.Tensor,
+               optim_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return cem(returns_fn, mean, std, self.space, num_candidates=self.num_candidates, top_k=self.top_k,
+                   optim_steps=optim_steps, min_std=self.min_std)
