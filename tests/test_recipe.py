@@ -1,0 +1,156 @@
+"""The PlaNet recipe end to end: training loop, TensorBoard, checkpoints, resume, bad input."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchrl_rssm.cli import main
+from torchrl_rssm.recipes.config import PlaNetConfig, apply_overrides, preset
+from torchrl_rssm.recipes.planet import ConfigMismatchError, PlaNetTrainer, resolve_device
+
+
+def tiny(tmp_path: Path, **overrides) -> PlaNetConfig:
+    cfg = preset("tiny")
+    cfg.logdir = str(tmp_path / "run")
+    cfg.progress = False
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _tags(logdir: str) -> dict[str, list[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logdir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc, acc.Tags()
+
+
+def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
+    """Two seed episodes, a few updates, one planned episode, a batched test episode."""
+    start = time.perf_counter()
+    cfg = tiny(tmp_path, from_pixels=True)
+    trainer = PlaNetTrainer(cfg)
+    result = trainer.train()
+    assert time.perf_counter() - start < 120
+    assert result["episodes"] == cfg.seed_episodes + cfg.episodes
+    assert result["updates"] == cfg.updates_per_episode * cfg.episodes
+    assert result["env_steps"] == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps * cfg.action_repeat
+    assert len(trainer.buffer) == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps
+    assert trainer.buffer.storage[0]["next", "pixels"].dtype == torch.uint8  # uint8 in storage
+    assert torch.isfinite(torch.tensor(result["test_return"]))
+
+    acc, tags = _tags(cfg.logdir)
+    for scalar in ("train/episode_return", "test/return", "loss/loss_model_reco", "loss/loss_model_kl", "model/kl",
+                   "perf/updates_per_s", "perf/env_steps_per_s", "train/updates"):
+        assert scalar in tags["scalars"], (scalar, tags["scalars"])
+    assert "model/reconstruction" in tags["images"]
+    assert "model/open_loop_prediction" in tags["images"]  # videos are animated-GIF image summaries
+    video = acc.Images("model/open_loop_prediction")[-1].encoded_image_string
+    assert video[:6] == b"GIF89a"
+    assert (Path(cfg.logdir) / "checkpoint" / "state.pt").exists()
+
+
+def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):
+    trainer = PlaNetTrainer(tiny(tmp_path))
+    trainer.cfg.seed_episodes, trainer.cfg.episodes = 2, 0
+    trainer.train()  # fills the buffer with the seed episodes
+    storage = trainer.buffer.storage
+    poisoned = storage[0]
+    poisoned["next", "observation"] = torch.full_like(poisoned["next", "observation"], float("nan"))
+    for i in range(len(trainer.buffer)):
+        storage.set(i, poisoned)
+    with pytest.warns(RuntimeWarning, match="Update skipped"):
+        trainer.update_model(2)
+    assert trainer.counters["skipped_updates"] == 2
+    trainer.cfg.nan_policy = "raise"
+    with pytest.raises(ValueError, match="(?i)nan|finite"):
+        trainer.update_model(1)
+
+
+def test_unavailable_device_unknown_env_and_bad_overrides_are_named(tmp_path):
+    with pytest.raises(ValueError, match="cuda:99"):
+        resolve_device("cuda:99")
+    with pytest.raises(ValueError, match="not a valid torch device"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="cartpole"):  # the message lists what is available
+        PlaNetTrainer(tiny(tmp_path, env="dmc:cartpol-swingup"))
+    with pytest.raises(ValueError, match="unknown field 'learning_rate'"):
+        apply_overrides(preset("tiny"), ["learning_rate=1"])
+    with pytest.raises(ValueError, match="expected a float"):
+        apply_overrides(preset("tiny"), ["lr=fast"])
+    assert main(["train", "--preset", "tiny", "--device", "cuda:99", "--logdir", str(tmp_path / "x")]) == 2
+
+
+def test_wrong_observation_shape_for_the_model_is_named(tmp_path):
+    trainer = PlaNetTrainer(tiny(tmp_path))
+    batch = trainer.env.rollout(3).unsqueeze(0)
+    batch["next", "observation"] = batch["next", "observation"][..., :-1]  # one dim short
+    with pytest.raises(ValueError, match="observation"):
+        trainer.loss_module(batch)
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path):
+    cfg = tiny(tmp_path)
+    cfg.seed_episodes, cfg.episodes = 2, 0
+    PlaNetTrainer(cfg).train()
+    other = tiny(tmp_path, belief_dim=32)
+    with pytest.raises(ConfigMismatchError, match="belief_dim: checkpoint=16, now=32"):
+        PlaNetTrainer(other, resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        PlaNetTrainer(tiny(tmp_path))  # an existing run is not overwritten silently
+
+
+def test_killed_run_resumes_with_same_buffer_counters_and_config(tmp_path):
+    logdir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torchrl_rssm.cli", "train", "--preset", "tiny", "--logdir", str(logdir),
+           "--no-progress", "--set", "episodes=40", "--set", "test_every=0", "--set", "video_every=0"]
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_path = logdir / "checkpoint" / "state.pt"
+    deadline = time.time() + 150
+    saved = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state_path.exists():
+                try:
+                    saved = torch.load(state_path, weights_only=False)
+                except Exception:  # being renamed into place right now
+                    saved = None
+                if saved is not None and saved["counters"]["episodes"] >= 4:
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    saved = torch.load(state_path, weights_only=False)  # the last complete checkpoint
+    cfg = preset("tiny")
+    apply_overrides(cfg, ["episodes=40", "test_every=0", "video_every=0", "progress=false"])
+    cfg.logdir = str(logdir)
+    resumed = PlaNetTrainer(cfg, resume=True)
+    assert resumed.counters == saved["counters"]
+    assert len(resumed.buffer) == saved["counters"]["episodes"] * cfg.max_episode_steps
+    assert resumed.cfg.to_dict() == dict(saved["config"], logdir=str(logdir))
+    for name, tensor in resumed.world_model.state_dict().items():
+        torch.testing.assert_close(tensor, saved["world_model"][name])
+    # and it goes on: two more planned episodes with one block of C updates between them
+    # (the updates before the first were done before the checkpoint was written)
+    resumed.cfg.episodes = saved["counters"]["episodes"] - cfg.seed_episodes + 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = resumed.train()
+    assert result["episodes"] == saved["counters"]["episodes"] + 2
+    assert result["updates"] == saved["counters"]["updates"] + cfg.updates_per_episode
+    assert len(resumed.buffer) == result["episodes"] * cfg.max_episode_steps
