@@ -383,6 +383,41 @@ def test_foreign_world_model_runs_through_tensordicts_and_finds_the_optimum():
     assert (action - expected).abs().max() < TOL
 
 
+def test_any_stateless_env_is_stepped_without_rollout():
+    # A transformed model-based env is not a bare world model: stepped with env.step (transforms apply).
+    from torchrl.envs import RewardScaling, TransformedEnv
+
+    from torchrl_rssm.planners._common import EnvStepReturns
+
+    torch.manual_seed(0)
+    env = TransformedEnv(dreamer_env(LinearPrior(), QuadReward()), RewardScaling(0.0, 2.0))
+    planner = CEMPlanner(env, HORIZON, 10, 1000, 100)
+    assert isinstance(planner.returns_model, EnvStepReturns)
+    h0 = start_beliefs(2)
+    action = planner(TensorDict(state=torch.zeros(2, 2), belief=h0, batch_size=[2]))["action"]
+    expected = torch.stack([analytic_optimum(h)[0] for h in h0])
+    assert (action - expected).abs().max() < TOL
+
+
+def test_mppi_drop_in_with_torchrl_advantage_module():
+    from torchrl.modules import ValueOperator
+    from torchrl.objectives.value import TDLambdaEstimator
+
+    from torchrl_rssm.planners.mppi import AdvantageReturns
+
+    torch.manual_seed(0)
+    env = dreamer_env(LinearPrior(), QuadReward())
+    value = ValueOperator(nn.Linear(2, 1), in_keys=["belief"])
+    advantage = TDLambdaEstimator(gamma=0.99, lmbda=0.95, value_network=value)
+    ours = MPPIPlanner(env, advantage, 1.0, HORIZON, 5, 200, 20)  # TorchRL's positional signature
+    theirs = TorchRLMPPIPlanner(env, advantage, 1.0, HORIZON, 5, 200, 20)
+    assert isinstance(ours.returns_model, AdvantageReturns)
+    td = TensorDict(state=torch.zeros(2, 2), belief=start_beliefs(2), batch_size=[2])
+    a_ours, a_theirs = ours(td.clone())["action"], theirs(td.clone())["action"]
+    assert a_ours.shape == (2, 2) and torch.isfinite(a_ours).all()
+    assert (a_ours - a_theirs).abs().max() < 0.25  # the same objective, optimised by both
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_bad_input_is_named():
     model = (LinearPrior(), QuadReward())

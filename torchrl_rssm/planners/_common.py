@@ -71,6 +71,7 @@ class ActionSpace:
         shape = tuple(spec.shape)
         self.spec = spec
         self.low = self.high = None
+        self._bounds: dict = {}
         if isinstance(spec, (Binary, MultiOneHot, MultiCategorical)):
             raise TypeError(
                 f"`{argname}`: {type(spec).__name__} actions are not supported; the planner handles "
@@ -114,7 +115,7 @@ class ActionSpace:
         if self.low is None:
             mean = torch.zeros(shape, device=device, dtype=dtype)
             return mean, torch.full_like(mean, init_std)
-        low, high = self.low.to(device, dtype), self.high.to(device, dtype)
+        low, high = self.bounds(device if device is not None else self.low.device, dtype)
         finite = torch.isfinite(low) & torch.isfinite(high)
         centre = torch.where(finite, (low + high) / 2, torch.zeros_like(low))
         half = torch.where(finite, (high - low) / 2, torch.ones_like(low))
@@ -131,11 +132,18 @@ class ActionSpace:
                                 torch.randn(M, n, H, A, device=mean.device, dtype=mean.dtype))
         return self.clip(actions)
 
+    def bounds(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)`` on ``device`` (cached: no host-to-device copy per call, e.g. in a CUDA graph)."""
+        key = (torch.device(device), dtype)
+        if key not in self._bounds:
+            self._bounds[key] = (self.low.to(device, dtype), self.high.to(device, dtype))
+        return self._bounds[key]
+
     def clip(self, action: torch.Tensor) -> torch.Tensor:
         """Clips continuous actions to the spec's bounds (PlaNet's official code clips candidates)."""
         if self.low is None:
             return action
-        return torch.clamp(action, self.low.to(action.device, action.dtype), self.high.to(action.device, action.dtype))
+        return torch.clamp(action, *self.bounds(action.device, action.dtype))
 
     def first_action(self, mean: torch.Tensor) -> torch.Tensor:
         """The action to execute from a plan: the mean's first step (most likely value when discrete).
@@ -175,7 +183,7 @@ def top_k_elites(actions: torch.Tensor, returns: torch.Tensor, k: int) -> tuple[
 
 # ------------------------------------------------------------------------- latent models
 def _write(op, args, out: torch.Tensor) -> torch.Tensor:
-    """``op(*args)`` stored in the view ``out`` (eager: ``out=``, no temporary).
+    """``op(*args)`` stored in ``out`` (eager: ``out=``, no temporary).
 
     Dynamo does not trace ``out=`` into a view; under ``torch.compile`` the result
     is assigned instead, and inductor fuses that copy into the producing kernel.
@@ -183,29 +191,37 @@ def _write(op, args, out: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         out.copy_(op(*args))
         return out
-    if op is torch.clone:
-        return out.copy_(args[0])
     return op(*args, out=out)
+
+
+def _tanh_(x: torch.Tensor) -> torch.Tensor:
+    """In-place tanh. On CPU as 2 * sigmoid(2x) - 1 (the same function; absolute error
+    ~1e-7): PyTorch's CPU tanh kernel is ~10x slower than its sigmoid kernel."""
+    if x.device.type == "cpu" and x.numel() >= 8192 and not torch.compiler.is_compiling():
+        return x.mul_(2).sigmoid_().mul_(2).sub_(1)  # (only where the kernel, not the call, dominates)
+    return x.tanh_()
 
 
 class FastRSSMReturns(nn.Module):
     """Sum of predicted rewards of candidate sequences, for this package's RSSM.
 
-    ``returns(state [M, S], belief [M, D], actions [M, N, H, A]) -> [M, N]``. The
-    loop works on plain tensors; three things make it faster than stepping the
-    prior as a black box, with the same result:
+    ``returns(state [M, S], belief [M, D], actions [M, N, H, A]) -> [M, N]``: the same
+    numbers as stepping ``RSSMPrior.forward`` and then the reward head (a test checks
+    it), computed as a plain tensor loop that does less work:
 
     - the action's share of the prior's first layer is one matmul over all H steps;
-    - at step 0 all N candidates of an environment share (s_0, h_0), so the
-      state's share of the first layer and the GRU's hidden-side gates are computed
-      once per environment and broadcast;
-    - beliefs and states are written in place into one ``[H, M, N, S + D]`` buffer,
-      which is the reward head's input (no ``stack`` / ``cat``), and the reward head
-      runs once over all H steps after the loop.
+    - at step 0 all N candidates of an environment share (s_0, h_0): the GRU's
+      hidden-side matmul runs once per environment and is broadcast;
+    - the GRU cell is spelled out (PyTorch's ``GRUCell`` equations) so that matmuls
+      accumulate in place (``addmm_``) instead of adding their outputs afterwards;
+    - beliefs and states are written straight into one ``[H, M, N, S + D]`` buffer,
+      the reward head's input (no ``stack`` / ``cat``), and the reward head runs once
+      over all H steps after the loop;
+    - big buffers are kept between calls (a workspace per shape): on CPU, fresh
+      multi-MB allocations come back from the OS as zero pages and page-fault on
+      first touch, which costs more than the arithmetic here.
 
-    The GRU cell is spelled out (PyTorch's GRUCell equations) so that its output
-    can be written into that buffer; the prior's std head is split from its mean
-    head so that ``softplus`` runs on contiguous memory.
+    Runs without autograd (in-place ops on a shared workspace); one call at a time.
 
     Args:
         prior: :class:`~torchrl_rssm.modules.RSSMPrior`.
@@ -218,50 +234,97 @@ class FastRSSMReturns(nn.Module):
         super().__init__()
         self.prior, self.reward, self.sample = prior, reward, sample
         self.state_dim, self.belief_dim = prior.state_dim, prior.rnn_hidden_dim
+        self._workspace: dict[str, torch.Tensor] = {}
+
+    def _buf(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A scratch tensor kept between calls (a fresh one under torch.compile or while a
+        CUDA graph is captured: the graph must own its buffers, not share the workspace)."""
+        if torch.compiler.is_compiling() or (like.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return like.new_empty(shape)
+        buf = self._workspace.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._workspace[name] = like.new_empty(shape)
+        return buf
+
+    def release_workspace(self) -> None:
+        """Frees the scratch buffers (they are re-created on the next call)."""
+        self._workspace.clear()
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor, actions: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``state [M, S], belief [M, D], actions [M, N, H, A] -> returns [M, N]``.
-
-        ``noise`` (``[H, M, N, S]``, standard normal) fixes the prior samples. Runs
-        without autograd (the loop writes into a preallocated buffer).
-        """
+        """``noise`` (``[H, M, N, S]``, standard normal) fixes the prior samples."""
         p, S, D = self.prior, self.state_dim, self.belief_dim
         M, N, H, A = actions.shape
-        first, rnn = p.action_state_projector[0], p.rnn
+        MN = M * N
+        first, gru = p.action_state_projector[0], p.rnn
         head1, head2 = p.rnn_to_prior_projector[0], p.rnn_to_prior_projector[2]
-        w_state, w_action = first.weight[:, :S], first.weight[:, S:]
         hid = first.out_features
-        # Hoisted: the action's share of the first layer for every step at once, time-major.
-        act_proj = F.linear(actions.permute(2, 0, 1, 3).reshape(H, M * N, A), w_action, first.bias)
-        act_proj = act_proj.view(H, M, N, hid)
-        latents = actions.new_empty(H, M, N, S + D)  # [s_t, h_t]: the reward head's input
-        if self.sample and noise is None:
-            noise = torch.randn(H, M, N, S, device=actions.device, dtype=actions.dtype)
-        s, h = state, belief  # [M, F] at step 0 (shared by the N candidates), [M * N, F] after
+        # Weights as the matmuls take them, prepared once per call (not per step).
+        w_state_t, w_action_t = first.weight[:, :S].t(), first.weight[:, S:].t()
+        w_hh_t, w_irz_t, w_in_t = gru.weight_hh.t(), gru.weight_ih[: 2 * D].t(), gru.weight_ih[2 * D :].t()
+        w_head1_t, w_head2_t = head1.weight.t(), head2.weight.t()
+        # The input-side r, z biases join the hidden-side ones (the GRU sums them anyway).
+        b_hidden = gru.bias_hh + torch.cat([gru.bias_ih[: 2 * D], torch.zeros_like(gru.bias_ih[2 * D :])])
+        b_in = gru.bias_ih[2 * D :]
+
+        # The action's share of the first layer, all steps at once, time-major: [H, M*N, hid].
+        act = actions.permute(2, 0, 1, 3).reshape(H, MN, A)
+        x_all = _write(torch.matmul, (act, w_action_t), self._buf("x", (H, MN, hid), actions))
+        x_all += first.bias
+        latents = self._buf("latents", (H, MN, S + D), actions)  # [s_t, h_t]: the reward head's input
+        lat_s, lat_h = latents[..., :S].unbind(0), latents[..., S:].unbind(0)
+        if self.sample:
+            if noise is None:
+                noise = self._buf("noise", (H, MN, S), actions).normal_()
+            noise = noise.reshape(H, MN, S).unbind(0)
+        gh = self._buf("gh", (MN, 3 * D), actions)  # hidden-side GRU gates (+ input-side r, z)
+        gh_rz, gh_n = gh[:, : 2 * D], gh[:, 2 * D :]
+        gi_n = self._buf("gi_n", (MN, D), actions)
+        y = self._buf("y", (MN, hid), actions)
+        xs = x_all.unbind(0)
+        s = h = None
         for t in range(H):
-            k = s.shape[0] // M  # 1 at step 0, N afterwards: broadcast over candidates
-            x = F.elu(F.linear(s, w_state).view(M, k, hid) + act_proj[t])
-            gi = F.linear(x.view(M * N, hid), rnn.weight_ih, rnn.bias_ih).view(M, N, 3 * D)
-            gh = F.linear(h, rnn.weight_hh, rnn.bias_hh).view(M, k, 3 * D)
-            r, z = torch.sigmoid(gi[..., : 2 * D] + gh[..., : 2 * D]).chunk(2, -1)
-            n = torch.tanh(torch.addcmul(gi[..., 2 * D :], r, gh[..., 2 * D :]))
-            # h' = (1 - z) * n + z * h, written straight into the reward head's input
-            h = _write(torch.lerp, (n, h.view(M, k, D), z), latents[t, ..., S:]).view(M * N, D)
-            y = F.elu(F.linear(h, head1.weight, head1.bias))
-            mean = F.linear(y, head2.weight[:S], head2.bias[:S]).view(M, N, S)
-            if self.sample:
-                std = F.softplus(F.linear(y, head2.weight[S:], head2.bias[S:])) + p.scale_lb
-                s = _write(torch.addcmul, (mean, std.view(M, N, S), noise[t]), latents[t, ..., :S])
+            x = xs[t]
+            if t == 0:  # the N candidates of an environment share (s_0, h_0): once per environment
+                x.view(M, N, hid).add_((state @ w_state_t).unsqueeze(1))
+                gh.view(M, N, 3 * D).copy_(torch.addmm(b_hidden, belief, w_hh_t).unsqueeze(1))
             else:
-                s = _write(torch.clone, (mean,), latents[t, ..., :S])
-            s = s.view(M * N, S)
-        flat = latents.view(H * M * N, S + D)
-        if isinstance(self.reward, RewardModel):
-            rewards = self.reward.net(flat)
-        else:
-            rewards = self.reward(flat[:, :S], flat[:, S:])
-        return rewards.view(H, M, N).sum(0)
+                x.addmm_(s, w_state_t)
+                _write(torch.addmm, (b_hidden, h, w_hh_t), gh)
+            F.elu(x, inplace=True)
+            r, z = gh_rz.addmm_(x, w_irz_t).sigmoid_().chunk(2, -1)  # r, z = sigmoid(W_i x + W_h h + b)
+            _write(torch.addmm, (b_in, x, w_in_t), gi_n)
+            n = _tanh_(gi_n.addcmul_(r, gh_n))  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+            # h' = (1 - z) * n + z * h, written straight into the reward head's input
+            if t == 0:
+                _write(torch.lerp, (n.view(M, N, D), belief.unsqueeze(1), z.view(M, N, D)), lat_h[0].view(M, N, D))
+                h = lat_h[0]
+            else:
+                h = _write(torch.lerp, (n, h, z), lat_h[t])
+            F.elu(_write(torch.addmm, (head1.bias, h, w_head1_t), y), inplace=True)
+            stats = torch.addmm(head2.bias, y, w_head2_t)  # [mean, raw std]: one matmul
+            if self.sample:  # softplus on a strided view is ~20x slower on CPU than copy + softplus
+                std = F.softplus(stats[:, S:].contiguous()).add_(p.scale_lb)
+                s = _write(torch.addcmul, (stats[:, :S], std, noise[t]), lat_s[t])
+            else:
+                s = lat_s[t].copy_(stats[:, :S])
+        return self._reward(latents.view(H * MN, S + D)).view(H, M, N).sum(0)
+
+    def _reward(self, flat: torch.Tensor) -> torch.Tensor:
+        """Reward head over all H steps at once; RewardModel's MLP runs on the workspace."""
+        if not isinstance(self.reward, RewardModel):
+            S = self.state_dim
+            return self.reward(flat[:, :S], flat[:, S:])
+        x = flat
+        for i, layer in enumerate(self.reward.net):
+            if isinstance(layer, nn.Linear) and layer.bias is not None and layer.out_features > 1:
+                x = _write(torch.addmm, (layer.bias, x, layer.weight.t()),
+                           self._buf(f"reward{i}", (x.shape[0], layer.out_features), x))
+            elif isinstance(layer, nn.ELU):
+                x = F.elu(x, alpha=layer.alpha, inplace=True)
+            else:
+                x = layer(x)
+        return x
 
 
 class TensorReturns(nn.Module):

@@ -83,6 +83,7 @@ class AdvantageReturns:
     def __call__(self, start: TensorDictBase, actions: torch.Tensor) -> torch.Tensor:
         M, N, H, A = actions.shape
         td = start.unsqueeze(1).expand(M, N).reshape(M * N).clone()
+        td.update(self.env.full_done_spec.zero(td.shape))  # as after a reset: the steps stack key by key
         acts = actions.reshape(M * N, H, A)
         steps = []
         for t in range(H):
