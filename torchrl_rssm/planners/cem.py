@@ -106,13 +106,22 @@ class CEMPlanner(PlannerBase):
         reward_model: overrides the world model's reward head.
         state_key, belief_key: where the latent is read (``"state"``, ``"belief"``).
         warm_start: start from the previous plan shifted by one step (read from and
-            written to ``plan_key``; rows where ``is_init_key`` is set start cold).
+            written to ``plan_key``, default ``"plan"``; rows where ``is_init_key`` is
+            set start cold). The policy's primer carries the plan across env steps.
         init_std: initial std as a fraction of the box half-width (PlaNet: 1).
+        warm_std: std around a warm-started plan, same unit (default 0.25); for
+            discrete actions the weight of the uniform mixed into the shifted plan.
         min_std: lower bound of the refitted std (default 1e-3).
         sample_states: roll out with prior samples (PlaNet) or with prior means.
         compile: ``torch.compile(fullgraph=True, dynamic=False)`` the whole search
             (a dict adds compile options, e.g. ``{"backend": "aot_eager"}``).
-        cuda_graph: capture the search in a CUDA graph per batch shape (CUDA only).
+        cuda_graph: capture the search in a CUDA graph per batch shape (CUDA only):
+            the first call per shape warms up and captures, later calls replay.
+
+    Tensor API: :meth:`plan` (latents -> action), :meth:`optimize` (latents and an
+    optional initial plan -> final ``(mean, std)``), :meth:`start_plan`. Planning runs
+    under ``torch.no_grad()``. The fast path keeps scratch buffers between calls
+    (``planner.returns_model.release_workspace()`` frees them); use one planner per thread.
 
     Examples:
         >>> import torch
