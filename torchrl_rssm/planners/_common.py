@@ -79,7 +79,8 @@ class ActionSpace:
             )
         if isinstance(spec, OneHot):
             if len(shape) != 1:
-                raise ValueError(f"`{argname}`: one-hot actions must have shape [n], got {shape}.")
+                raise ValueError(f"`{argname}`: one-hot actions must have shape [n], got {shape} "
+                                 "(for a batched env pass env.action_spec_unbatched).")
             self.kind, self.dim = "one_hot", shape[-1]
         elif isinstance(spec, Categorical):
             if shape not in ((), (1,)):
@@ -87,7 +88,8 @@ class ActionSpace:
             self.kind, self.dim = "categorical", int(spec.space.n)
         elif isinstance(spec, (Bounded, Unbounded)) and spec.dtype.is_floating_point:
             if len(shape) != 1:
-                raise ValueError(f"`{argname}`: continuous actions must have shape [A], got {shape}.")
+                raise ValueError(f"`{argname}`: continuous actions must have shape [A], got {shape} "
+                                 "(for a batched env pass env.action_spec_unbatched).")
             self.kind, self.dim = "continuous", shape[-1]
             if isinstance(spec, Bounded):
                 self.low = spec.space.low.detach().clone().float()
