@@ -67,6 +67,9 @@ class PlaNetConfig:
     # run
     seed: int = 0
     device: str = "cpu"
+    # torch CPU threads (None: torch's default). Small models gain nothing from a second
+    # thread, and OpenMP threads spinning on a busy machine slow small ops by orders of magnitude.
+    num_threads: int | None = None
     logdir: str = "runs/planet"
     video_every: int = 50  # episodes between reconstruction images / open-loop videos (0: never)
     progress: bool = True
@@ -74,7 +77,7 @@ class PlaNetConfig:
     # fields that may differ when resuming a run (everything else must match the checkpoint)
     RESUMABLE: tuple[str, ...] = field(
         default=("episodes", "test_every", "test_episodes", "checkpoint_every", "device", "logdir",
-                 "video_every", "progress", "compile", "nan_policy"),
+                 "video_every", "progress", "compile", "nan_policy", "num_threads"),
         repr=False, compare=False,
     )
 
@@ -108,11 +111,11 @@ PRESETS["quick"] = dict(
     horizon=12, optim_steps=6, candidates=256, top_k=25,
     seed_episodes=5, episodes=35, updates_per_episode=40,
     test_every=10, test_episodes=4, checkpoint_every=5, buffer_capacity=100_000,
-    video_every=0, logdir="runs/planet-quick",
+    video_every=0, num_threads=1, logdir="runs/planet-quick",
 )
 # The same from pixels (documented; about 1-2 hours on a 2-core CPU, minutes on a GPU).
 PRESETS["quick-pixels"] = dict(
-    PRESETS["quick"], from_pixels=True, state_dim=30, belief_dim=200, hidden_dim=200,
+    PRESETS["quick"], from_pixels=True, state_dim=30, belief_dim=200, hidden_dim=200, num_threads=None,
     batch_size=16, chunk_length=25, lr=1e-3, episodes=100, updates_per_episode=50,
     video_every=25, logdir="runs/planet-quick-pixels",
 )

@@ -86,6 +86,8 @@ class PlaNetTrainer:
                 "or choose another logdir."
             )
         _seed_everything(cfg.seed)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
 
         self.env = self._make_env(seed=cfg.seed)
         self.obs_key = "pixels" if cfg.from_pixels else "observation"
