@@ -231,6 +231,15 @@ def test_warm_start_matches_cold_start_with_fewer_iterations():
     torch.manual_seed(0)
     a = warm_planner(td)["action"]
     assert (a[1:] - 0.9).abs().max() < (a[0] - 0.9).abs().max()
+    # a row still holding the primer's zeros starts cold too, exactly like an episode start,
+    # while the other rows keep their warm start
+    no_plan = torch.full((4, 6, 2), 0.9)
+    no_plan[0] = 0.0
+    td = TensorDict(state=zeros, belief=zeros, plan=no_plan, is_init=torch.zeros(4, 1, dtype=torch.bool),
+                    batch_size=[4])
+    torch.manual_seed(0)
+    b = warm_planner(td)["action"]
+    torch.testing.assert_close(b, a)
 
 
 # -------------------------------------------------------------- the fast RSSM tensor path

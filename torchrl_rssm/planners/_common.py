@@ -749,8 +749,11 @@ class PlannerBase(TensorDictModuleBase):
         if self.warm_start:
             prev = tensordict.get(self.plan_key, None)
             fresh = tensordict.get(self.is_init_key, None)
-            if prev is not None and not prev.any():  # a primer's zeros: nothing to reuse yet
-                prev = None
+            if prev is not None:
+                # rows still holding the primer's zeros have no plan to reuse: they start cold,
+                # decided per row on the device (no host sync, unlike `if not prev.any()`)
+                unset = ~prev.reshape(*batch, -1).any(-1)
+                fresh = unset if fresh is None else fresh.reshape(unset.shape).to(unset.device) | unset
         with torch.no_grad():
             if self._tensor_path:
                 state, belief = tensordict.get(self.state_key, None), tensordict.get(self.belief_key, None)
