@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._mlp import mlp
+
 
 class ConvDecoder(nn.Module):
     """PlaNet's deconvolutional decoder: linear to 1024, 4 transposed convs (k 5,5,6,6, s 2).
@@ -84,6 +86,16 @@ class ConvDecoder(nn.Module):
 class MLPDecoder(nn.Module):
     """MLP decoder for vector observations: ``(state, belief) -> [*B, obs_dim]``.
 
+    The mean of a unit-variance Gaussian over the observation vector.
+
+    Args:
+        obs_dim: size of the observation vector.
+        latent_dim: ``state_dim + belief_dim``.
+        hidden_dim: width of the hidden layers.
+        depth: number of hidden layers.
+        activation: activation class.
+        device: where to create the parameters.
+
     Examples:
         >>> import torch
         >>> MLPDecoder(5, latent_dim=230)(torch.zeros(4, 30), torch.zeros(4, 200)).shape
@@ -100,13 +112,7 @@ class MLPDecoder(nn.Module):
         device: torch.device | str | None = None,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = latent_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden_dim, device=device), activation()]
-            width = hidden_dim
-        layers.append(nn.Linear(width, obs_dim, device=device))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(latent_dim, obs_dim, hidden_dim, depth, activation, device)
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([state, belief], dim=-1))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._mlp import mlp
+
 
 def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
     """Maps stored pixels to the model's range.
@@ -18,7 +20,7 @@ def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
     Examples:
         >>> import torch
         >>> pixels_to_model(torch.tensor([0, 128, 255], dtype=torch.uint8))
-        tensor([-0.5000,  0.0020,  0.4961])
+        tensor([-0.5000,  0.0000,  0.4961])
     """
     if pixels.dtype == torch.uint8:
         return pixels.float() / 256.0 - 0.5
@@ -103,6 +105,7 @@ class MLPEncoder(nn.Module):
         hidden_dim: width of the hidden layers.
         depth: number of hidden layers.
         activation: activation class.
+        device: where to create the parameters.
 
     Examples:
         >>> import torch
@@ -120,13 +123,7 @@ class MLPEncoder(nn.Module):
         device: torch.device | str | None = None,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = obs_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden_dim, device=device), activation()]
-            width = hidden_dim
-        layers.append(nn.Linear(width, embed_dim, device=device))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(obs_dim, embed_dim, hidden_dim, depth, activation, device)
         self.obs_dim = obs_dim
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:

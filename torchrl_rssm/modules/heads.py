@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._mlp import mlp
+
 
 class RewardModel(nn.Module):
     """Reward head p(r_t | h_t, s_t): the mean of a unit-variance Gaussian, ``[*B, 1]``.
@@ -14,6 +16,7 @@ class RewardModel(nn.Module):
         hidden_dim: width of the hidden layers.
         depth: number of hidden layers.
         activation: activation class.
+        device: where to create the parameters.
 
     Examples:
         >>> import torch
@@ -31,13 +34,7 @@ class RewardModel(nn.Module):
         device: torch.device | str | None = None,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = state_dim + belief_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden_dim, device=device), activation()]
-            width = hidden_dim
-        layers.append(nn.Linear(width, 1, device=device))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(state_dim + belief_dim, 1, hidden_dim, depth, activation, device)
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([state, belief], dim=-1))
