@@ -49,7 +49,23 @@ def _as_key_list(keys: NestedKey | Sequence[NestedKey] | None, default: Sequence
     return list(keys)
 
 
-class BitDepth(Transform):
+class _PixelTransform(Transform):
+    """Shared plumbing: apply on reset too, and rewrite the spec of each present in_key."""
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        return self._call(tensordict_reset)
+
+    def _out_spec(self, in_key: NestedKey, spec: TensorSpec) -> TensorSpec:
+        raise NotImplementedError
+
+    def transform_observation_spec(self, observation_spec: TensorSpec) -> TensorSpec:
+        for in_key, out_key in zip(self.in_keys, self.out_keys):
+            if in_key in observation_spec.keys(True, True):
+                observation_spec[out_key] = self._out_spec(in_key, observation_spec[in_key])
+        return observation_spec
+
+
+class BitDepth(_PixelTransform):
     """Reduces ``uint8`` pixels to ``bits`` bits, keeping ``uint8`` and the 0..255 scale.
 
     ``x -> floor(x / 2**(8 - bits)) * 2**(8 - bits)`` (a bit mask). The result is
@@ -101,26 +117,16 @@ class BitDepth(Transform):
             return pixels
         return pixels & self._mask
 
-    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
-        return self._call(tensordict_reset)
-
-    def transform_observation_spec(self, observation_spec: TensorSpec) -> TensorSpec:
-        for in_key, out_key in zip(self.in_keys, self.out_keys):
-            if in_key not in observation_spec.keys(True, True):
-                continue
-            spec = observation_spec[in_key]
-            if spec.dtype != torch.uint8:
-                raise TypeError(f"BitDepth: the spec of {in_key!r} must have dtype uint8, got {spec.dtype}.")
-            observation_spec[out_key] = Bounded(
-                low=0, high=256 - self.step, shape=spec.shape, dtype=torch.uint8, device=spec.device
-            )
-        return observation_spec
+    def _out_spec(self, in_key: NestedKey, spec: TensorSpec) -> TensorSpec:
+        if spec.dtype != torch.uint8:
+            raise TypeError(f"BitDepth: the spec of {in_key!r} must have dtype uint8, got {spec.dtype}.")
+        return Bounded(low=0, high=256 - self.step, shape=spec.shape, dtype=torch.uint8, device=spec.device)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bits={self.bits}, in_keys={self.in_keys}, out_keys={self.out_keys})"
 
 
-class Dequantize(Transform):
+class Dequantize(_PixelTransform):
     """Maps ``uint8`` pixels to PlaNet's dequantised floats in ``[-0.5, 0.5)``.
 
     ``y = floor(x / 2**(8 - bits)) / 2**bits - 0.5 + u / 2**bits`` with
@@ -181,24 +187,14 @@ class Dequantize(Transform):
         out = torch.rand(pixels.shape, device=pixels.device, dtype=torch.float32)
         return out.add_(grid).mul_(scale).sub_(0.5).clamp_max_(_BELOW_HALF)
 
-    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
-        return self._call(tensordict_reset)
-
-    def transform_observation_spec(self, observation_spec: TensorSpec) -> TensorSpec:
-        for in_key, out_key in zip(self.in_keys, self.out_keys):
-            if in_key not in observation_spec.keys(True, True):
-                continue
-            spec = observation_spec[in_key]
-            observation_spec[out_key] = Bounded(
-                low=-0.5, high=0.5, shape=spec.shape, dtype=torch.float32, device=spec.device
-            )
-        return observation_spec
+    def _out_spec(self, in_key: NestedKey, spec: TensorSpec) -> TensorSpec:
+        return Bounded(low=-0.5, high=0.5, shape=spec.shape, dtype=torch.float32, device=spec.device)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bits={self.bits}, noise={self.noise}, in_keys={self.in_keys})"
 
 
-class ResizePixels(Transform):
+class ResizePixels(_PixelTransform):
     """Resizes ``uint8`` images to ``size`` with :func:`torch.nn.functional.interpolate`.
 
     Input ``[*B, C, H, W]`` (``channels_last=False``) or ``[*B, H, W, C]``
@@ -253,21 +249,11 @@ class ResizePixels(Transform):
         out = out.round_().clamp_(0, 255).to(torch.uint8)
         return out.reshape(*batch, *out.shape[-3:])
 
-    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
-        return self._call(tensordict_reset)
-
-    def transform_observation_spec(self, observation_spec: TensorSpec) -> TensorSpec:
-        for in_key, out_key in zip(self.in_keys, self.out_keys):
-            if in_key not in observation_spec.keys(True, True):
-                continue
-            spec = observation_spec[in_key]
-            shape = tuple(spec.shape)
-            channels = shape[-1] if self.channels_last else shape[-3]
-            new_shape = (*shape[:-3], channels, *self.size)
-            observation_spec[out_key] = Bounded(
-                low=0, high=255, shape=new_shape, dtype=torch.uint8, device=spec.device
-            )
-        return observation_spec
+    def _out_spec(self, in_key: NestedKey, spec: TensorSpec) -> TensorSpec:
+        shape = tuple(spec.shape)
+        channels = shape[-1] if self.channels_last else shape[-3]
+        return Bounded(low=0, high=255, shape=(*shape[:-3], channels, *self.size), dtype=torch.uint8,
+                       device=spec.device)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, channels_last={self.channels_last}, in_keys={self.in_keys})"
