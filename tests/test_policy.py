@@ -160,3 +160,29 @@ def test_primer_declares_the_latent():
     primer = policy.make_tensordict_primer()
     assert set(primer.primers.keys()) == {"state", "belief", "plan"}
     assert primer.primers["belief"].shape[-1] == D and primer.primers["plan"].shape[-2:] == (3, 1)
+
+
+def test_acting_beliefs_equal_training_filter_on_the_collected_data():
+    """Acting and training agree on resets: rollout.observe on the collected [T] data (is_init from
+    the env, episodes restarting mid-sequence) reproduces the latents the policy carried."""
+    torch.manual_seed(0)
+    env = pendulum(max_steps=4)
+    spec = env.action_spec
+    wm = make_world_model(env.observation_spec, spec, state_dim=S, belief_dim=D, hidden_dim=HID, min_std=0.0)
+    with torch.no_grad():  # posterior std exactly 0: samples equal means, so both paths are deterministic
+        wm.rollout.posterior.obs_rnn_to_post_projector[-1].bias[S:] = -1e4
+    policy = PlaNetPolicy(wm, action_spec=spec, **SMALL)
+    env.append_transform(policy.make_tensordict_primer())
+    env.set_seed(0)
+    with set_exploration_type(ExplorationType.RANDOM):  # noisy actions: the filter must use the executed ones
+        data = env.rollout(10, policy, break_when_any_done=False)
+    is_init = data["is_init"]
+    assert is_init[0] and is_init[4] and is_init[8] and is_init.sum() == 3  # two resets inside the sequence
+    with torch.no_grad():
+        out = wm.rollout.observe(wm.encoder(data["next", "observation"]), data["action"], is_init=is_init)
+    # step t of the filter consumes a_t and o_{t+1}: its belief is the policy's ("next", "belief") at t
+    torch.testing.assert_close(out["belief"], data["next", "belief"])
+    # and, where o_{t+1} does not start an episode, its state is the policy's s_{t+1}
+    cont = ~is_init[1:, 0]
+    torch.testing.assert_close(out["state"][:-1][cont], data["state"][1:][cont])
+    assert (data["state"][is_init[:, 0]] == 0).all() and (data["belief"][is_init[:, 0]] == 0).all()

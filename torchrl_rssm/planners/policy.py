@@ -56,9 +56,11 @@ class PlaNetPolicy(TensorDictModuleBase):
         obs_key: observation key (default: the world model's, ``pixels`` or ``observation``).
         state_key, belief_key, is_init_key: latent and episode-start keys. ``is_init``
             comes from TorchRL's ``InitTracker`` transform, which the env needs.
+        **planner_kwargs: passed to the default ``CEMPlanner`` (e.g. ``planning_horizon``,
+            ``num_candidates``, ``warm_start``); an error with an explicit ``planner``.
 
-    The action is written to the planner's ``action_key``.
-        **planner_kwargs: passed to the default ``CEMPlanner``.
+    The action is written to the planner's ``action_key``. The policy runs on the world
+    model's device: give it tensordicts there (TorchRL collectors do, with ``policy_device``).
 
     Examples:
         >>> import torch
