@@ -498,3 +498,25 @@ def test_cuda_graph_and_inductor_plans_find_the_optimum():
         FMAT, GMAT = f, g
     expected = torch.stack([analytic_optimum(h)[0] for h in h0])
     assert (mean[:, 0].cpu() - expected).abs().max() < TOL
+
+
+@pytest.mark.parametrize("cls", [CEMPlanner, MPPIPlanner])
+def test_candidates_are_clipped_to_the_action_bounds(cls):
+    """PlaNet's official code clips the candidates: the model never scores an action outside the box,
+    even when the reward keeps growing beyond it (and the plan then sits on the bound)."""
+    torch.manual_seed(0)
+    low, high = torch.tensor([-0.5, 0.0]), torch.tensor([0.2, 1.0])
+    seen = []
+
+    class Record(nn.Module):
+        def forward(self, state, belief):  # ConstantPrior: the state is the action
+            seen.append(state.clone())
+            return state.sum(-1, keepdim=True)  # grows without bound towards +inf
+
+    planner = cls((ConstantPrior(), Record()), planning_horizon=3, optim_steps=4, num_candidates=200, top_k=20,
+                  action_spec=Bounded(low, high, (2,)), init_std=4.0)
+    action = planner(TensorDict(state=torch.zeros(3, 2), belief=torch.zeros(3, 2), batch_size=[3]))["action"]
+    seen = torch.cat([s.reshape(-1, 2) for s in seen])
+    assert (seen >= low).all() and (seen <= high).all()
+    assert (seen == high).any() and (seen == low).any()  # wide sampling did hit the bounds, and was clipped
+    torch.testing.assert_close(action, high.expand(3, 2), atol=0.05, rtol=0)
