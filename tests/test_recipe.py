@@ -47,6 +47,12 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
     assert len(trainer.buffer) == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps
     assert trainer.buffer.storage[0]["next", "pixels"].dtype == torch.uint8  # uint8 in storage
     assert torch.isfinite(torch.tensor(result["test_return"]))
+    # acting sees the replay buffer's preprocessing: 5-bit grid plus dequantisation noise
+    x = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    seen = trainer.policy.observation_transform(x)
+    assert seen.dtype == torch.float32 and (seen >= -0.5).all() and (seen < 0.5).all()
+    grid = (x // 8).float() / 32 - 0.5
+    assert ((seen - grid) >= 0).all() and ((seen - grid) < 1 / 32).all() and (seen != grid).any()
 
     acc, tags = _tags(cfg.logdir)
     for scalar in ("train/episode_return", "test/return", "loss/loss_model_reco", "loss/loss_model_kl", "model/kl",

@@ -53,10 +53,11 @@ def _train(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    if args.env and not args.logdir and args.preset in PRESETS:
+    logdir_given = bool(args.logdir) or any(o.split("=", 1)[0].strip() == "logdir" for o in args.overrides)
+    if args.env and not logdir_given:
         cfg.logdir = f"runs/planet-{args.env.replace(':', '-').replace('/', '-')}"
     apply_overrides(cfg, args.overrides)
-    if args.seed is not None and not args.logdir:
+    if args.seed is not None and not logdir_given:
         cfg.logdir = f"{cfg.logdir}-seed{cfg.seed}"
     trainer = PlaNetTrainer(cfg, resume=args.resume)
     result = trainer.train()

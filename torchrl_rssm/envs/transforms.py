@@ -126,6 +126,31 @@ class BitDepth(_PixelTransform):
         return f"{type(self).__name__}(bits={self.bits}, in_keys={self.in_keys}, out_keys={self.out_keys})"
 
 
+def dequantize(pixels: torch.Tensor, bits: int = 5, noise: bool = True) -> torch.Tensor:
+    """PlaNet's pixel preprocessing: uint8 -> ``floor(x / 2^(8-bits)) / 2^bits - 0.5 (+ U(0, 2^-bits))``.
+
+    Floats are returned unchanged (already in the model's range). The same function serves
+    the replay buffer (:class:`Dequantize`) and the acting policy, so that the model sees
+    identically distributed inputs while training and while acting.
+
+    Examples:
+        >>> import torch
+        >>> dequantize(torch.tensor([0, 8, 255], dtype=torch.uint8), bits=5, noise=False)
+        tensor([-0.5000, -0.4688,  0.4688])
+    """
+    if pixels.is_floating_point():
+        return pixels
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"dequantize: pixels must be uint8 (or already float), got dtype {pixels.dtype}.")
+    scale = 2.0 ** -bits
+    grid = torch.bitwise_right_shift(pixels, 8 - bits)
+    if not noise:
+        return grid.to(torch.float32).mul_(scale).sub_(0.5)
+    # in place on the noise buffer: one float allocation per call
+    out = torch.rand(pixels.shape, device=pixels.device, dtype=torch.float32)
+    return out.add_(grid).mul_(scale).sub_(0.5).clamp_max_(_BELOW_HALF)
+
+
 class Dequantize(_PixelTransform):
     """Maps ``uint8`` pixels to PlaNet's dequantised floats in ``[-0.5, 0.5)``.
 
@@ -175,17 +200,7 @@ class Dequantize(_PixelTransform):
         self.set_missing_tolerance(True)
 
     def _apply_transform(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.is_floating_point():
-            return pixels
-        if pixels.dtype != torch.uint8:
-            raise TypeError(f"Dequantize: pixels must be uint8 (or already float), got dtype {pixels.dtype}.")
-        scale = 2.0 ** -self.bits
-        grid = torch.bitwise_right_shift(pixels, 8 - self.bits)
-        if not self.noise:
-            return grid.to(torch.float32).mul_(scale).sub_(0.5)
-        # in place on the noise buffer: one float allocation per call
-        out = torch.rand(pixels.shape, device=pixels.device, dtype=torch.float32)
-        return out.add_(grid).mul_(scale).sub_(0.5).clamp_max_(_BELOW_HALF)
+        return dequantize(pixels, self.bits, noise=self.noise)
 
     def _out_spec(self, in_key: NestedKey, spec: TensorSpec) -> TensorSpec:
         return Bounded(low=-0.5, high=0.5, shape=spec.shape, dtype=torch.float32, device=spec.device)

@@ -16,6 +16,8 @@ declares ``state`` and ``belief`` (zeros) so that any env + collector carries th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
@@ -56,6 +58,9 @@ class PlaNetPolicy(TensorDictModuleBase):
         obs_key: observation key (default: the world model's, ``pixels`` or ``observation``).
         state_key, belief_key, is_init_key: latent and episode-start keys. ``is_init``
             comes from TorchRL's ``InitTracker`` transform, which the env needs.
+        observation_transform: applied to the observation before the encoder, e.g.
+            ``functools.partial(torchrl_rssm.envs.dequantize, bits=5)`` to match the
+            dequantised pixels the replay buffer feeds the model in training.
         **planner_kwargs: passed to the default ``CEMPlanner`` (e.g. ``planning_horizon``,
             ``num_candidates``, ``warm_start``); an error with an explicit ``planner``.
 
@@ -89,9 +94,13 @@ class PlaNetPolicy(TensorDictModuleBase):
         state_key: NestedKey = "state",
         belief_key: NestedKey = "belief",
         is_init_key: NestedKey = "is_init",
+        observation_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **planner_kwargs,
     ):
         super().__init__()
+        # applied to the observation before the encoder: give it the preprocessing the replay
+        # buffer applies in training (e.g. torchrl_rssm.envs.dequantize), so both see the same inputs
+        self.observation_transform = observation_transform
         if not isinstance(world_model, RSSMWorldModel):
             raise TypeError(f"`world_model` must be an RSSMWorldModel (make_world_model), got "
                             f"{type(world_model).__name__}.")
@@ -170,6 +179,8 @@ class PlaNetPolicy(TensorDictModuleBase):
                                  f"{tuple(belief.shape)}.")
             keep = (~is_init.reshape(M).bool()).to(p.dtype).unsqueeze(-1)  # 0 at episode starts
             h = belief.reshape(M, self.belief_dim).to(p.dtype) * keep
+            if self.observation_transform is not None:
+                obs = self.observation_transform(obs)
             embedding = self.world_model.encoder(obs).reshape(M, -1)
             _, _, s = rollout.posterior(h, embedding)  # s_t ~ q(s_t | h_t, e(o_t))
             s = s * keep

@@ -11,6 +11,7 @@ and refuses a checkpoint written with a different configuration.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -27,7 +28,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from tqdm.auto import tqdm
 
 from ..data import load_replay_buffer, make_replay_buffer, save_replay_buffer
-from ..envs import make_env
+from ..envs import dequantize, make_env
 from ..modules import make_world_model, pixels_to_model
 from ..objectives import RSSMLoss
 from ..planners import CEMPlanner, MPPIPlanner, PlaNetPolicy
@@ -102,8 +103,11 @@ class PlaNetTrainer:
             lambda_reward=cfg.reward_weight,
         )
         self.optimizer = torch.optim.Adam(self.world_model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        # acting sees the same dequantised pixels as training (the replay buffer applies it on sampling)
+        observation_transform = functools.partial(dequantize, bits=cfg.bit_depth) if cfg.from_pixels else None
         self.policy = PlaNetPolicy(self.world_model, self._make_planner(), self.env.action_spec,
-                                   exploration_noise=cfg.exploration_noise)
+                                   exploration_noise=cfg.exploration_noise,
+                                   observation_transform=observation_transform)
         self.env.append_transform(self.policy.make_tensordict_primer())
         self.episode_steps = int(self.env.max_episode_steps)
         self.action_repeat = int(self.env.action_repeat)
@@ -197,8 +201,8 @@ class PlaNetTrainer:
 
     def _store_episode(self, episode: TensorDictBase) -> float:
         """Adds one collected episode to the replay buffer; drops it if it holds NaN/inf."""
-        finite = all(torch.isfinite(v).all() for v in episode.values(True, True) if v.is_floating_point())
-        if not finite:
+        floats = [v.reshape(-1) for v in episode.values(True, True) if v.is_floating_point()]
+        if not bool(torch.isfinite(torch.cat(floats)).all()):  # one sync per episode, at the boundary
             if self.cfg.nan_policy == "raise":
                 raise ValueError(f"Collected episode {self.counters['episodes']} holds NaN/inf values "
                                  "(nan_policy='raise').")
@@ -279,9 +283,9 @@ class PlaNetTrainer:
         embedding = wm.encoder(batch.get(("next", self.obs_key)))
         actions = batch.get("action")
         context = min(context, actions.shape[1] - 1)
+        is_init = batch.get("is_init", None)
         filtered = rollout.observe(embedding[:, :context], actions[:, :context],
-                                   is_init=batch.get("is_init", None)[:, :context]
-                                   if batch.get("is_init", None) is not None else None)
+                                   is_init=None if is_init is None else is_init[:, :context])
         reco = wm.decoder(filtered["state"], filtered["belief"])
         start = {"state": filtered["state"][:, -1], "belief": filtered["belief"][:, -1]}
         imagined = rollout.imagine(start, action=actions[:, context:])
