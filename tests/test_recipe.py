@@ -63,6 +63,8 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
     video = acc.Images("model/open_loop_prediction")[-1].encoded_image_string
     assert video[:6] == b"GIF89a"
     assert (Path(cfg.logdir) / "checkpoint" / "state.pt").exists()
+    # closing the batched test envs must not change the run's thread count (TorchRL resets it)
+    assert torch.get_num_threads() == cfg.num_threads == 1
 
 
 def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):

@@ -19,9 +19,11 @@ def evaluate(trainer: PlaNetTrainer, episodes: int = 5, video: str | Path | None
     want_pixels = video is not None and not trainer.cfg.from_pixels
     env = trainer.make_test_env(episodes, from_pixels=True if want_pixels else None,
                                 pixels_only=not want_pixels)
+    threads = torch.get_num_threads()
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         rollout = env.rollout(trainer.episode_steps, trainer.policy, break_when_any_done=False)
     env.close()
+    torch.set_num_threads(threads)  # closing a batched TorchRL env resets it
     returns = rollout["next", "reward"].sum(-2).reshape(-1)
     result = {"episodes": episodes, "mean_return": float(returns.mean()),
               "returns": [round(float(r), 2) for r in returns], "env_steps": trainer.counters["env_steps"]}

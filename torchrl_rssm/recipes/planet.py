@@ -260,12 +260,16 @@ class PlaNetTrainer:
     @torch.no_grad()
     def test(self, num_envs: int) -> float:
         """Mean return of ``num_envs`` noise-free episodes, run as one batch of environments."""
+        threads = torch.get_num_threads()
         env = self.make_test_env(num_envs)
         start = time.perf_counter()
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             rollout = env.rollout(self.episode_steps, self.policy, break_when_any_done=False)
         elapsed = time.perf_counter() - start
         env.close()
+        # TorchRL's batched envs reset the process's thread count when they close
+        # (torchrl/envs/batched_envs.py): put ours back, or small ops slow down under load.
+        torch.set_num_threads(threads)
         mean_return = float(rollout["next", "reward"].sum(-2).mean())
         step = self.counters["env_steps"]
         self.logger.log_scalar("test/return", mean_return, step=step)
