@@ -5,5 +5,5 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 
-# Two cores: keep intra-op threads fixed so test times are predictable.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores: keep intra-op threads fixed so test times are predictable (OMP_NUM_THREADS wins if set).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
