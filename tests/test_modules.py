@@ -319,3 +319,23 @@ def test_torchrl_networks_run_in_our_rollout_with_more_batch_dims():
     td = TensorDict({"action": torch.randn(2, 3, 5, A), ("next", "encoded_latents"): torch.randn(2, 3, 5, E)}, [2, 3, 5])
     rollout(td)
     assert td["next", "state"].shape == (2, 3, 5, S)
+
+
+def test_whole_torchrl_dreamer_world_model_state_dict_loads_strictly():
+    """Our classes in TorchRL's Dreamer layout hold exactly TorchRL's parameter names."""
+    import torchrl.modules as trm
+    import torchrl_rssm.modules as ours
+    from torchrl.modules import MLP
+
+    spec = Bounded(-1, 1, (A,))
+
+    def build(lib):
+        return _torchrl_dreamer_world_model(
+            lib.ObsEncoder(in_channels=3), lib.ObsDecoder(latent_dim=230),
+            lib.RSSMPrior(spec, hidden_dim=200, rnn_hidden_dim=200, state_dim=30, action_dim=A),
+            lib.RSSMPosterior(hidden_dim=200, state_dim=30, rnn_hidden_dim=200, obs_embed_dim=1024),
+            MLP(in_features=230, out_features=1, depth=2, num_cells=64), lib.RSSMRollout)
+
+    theirs, mine = build(trm), build(ours)
+    assert set(mine.state_dict()) == set(theirs.state_dict())
+    mine.load_state_dict(theirs.state_dict())  # strict

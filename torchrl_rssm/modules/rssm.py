@@ -274,8 +274,6 @@ class RSSMRollout(TensorDictModuleBase):
             )
         self.rssm_prior = rssm_prior
         self.rssm_posterior = rssm_posterior
-        self.prior: nn.Module = rssm_prior.module
-        self.posterior: nn.Module = rssm_posterior.module
         self.state_key, self.belief_key, self.action_key = rssm_prior.in_keys
         pm, ps, _, nb = rssm_prior.out_keys
         _, self.embedding_key = rssm_posterior.in_keys
@@ -293,6 +291,16 @@ class RSSMRollout(TensorDictModuleBase):
             opts = dict(fullgraph=True, dynamic=False, backend=compile_backend, mode=compile_mode)
             self._filter_step = torch.compile(self._filter_step_eager, **opts)
             self._imagine_step = torch.compile(self._imagine_step_eager, **opts)
+
+    # Properties, not attributes: registering the networks a second time would duplicate their
+    # parameters in state_dict (and break strict loading of TorchRL world-model state dicts).
+    @property
+    def prior(self) -> nn.Module:
+        return self.rssm_prior.module
+
+    @property
+    def posterior(self) -> nn.Module:
+        return self.rssm_posterior.module
 
     # ------------------------------------------------------------------ sizes
     @property

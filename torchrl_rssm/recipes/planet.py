@@ -25,7 +25,7 @@ from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import SerialEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..data import load_replay_buffer, make_replay_buffer, save_replay_buffer
 from ..envs import dequantize, make_env
