@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+# plain imports, not importorskip: they are in the [test] extra, and a missing one must fail
+import nbclient  # noqa: E402
+import nbformat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
