@@ -60,16 +60,21 @@ def median_ms(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, devic
     return statistics.median(times)
 
 
-def device_name(device: str = "cpu") -> str:
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return cpu
+
+
+def device_name(device: str = "cpu") -> str:
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def row(name: str, ours_ms: float, torchrl_ms: float | None, device: str, config: dict, note: str = "") -> dict:

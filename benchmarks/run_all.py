@@ -33,6 +33,9 @@ from collections import deque
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import cpu_model  # noqa: E402
+
 ROW_KEYS = ("name", "ours_ms", "torchrl_ms", "speedup", "device", "config", "note")
 
 
@@ -76,13 +79,7 @@ def versions() -> dict:
 def machine(device: str) -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    out = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "platform": platform.platform(), "hostname": platform.node()}
     try:
         with open("/proc/meminfo") as f:
