@@ -1,6 +1,6 @@
 """``torchrl-rssm``: train and evaluate PlaNet agents.
 
-    torchrl-rssm train                              # the `quick` preset (2-core CPU, ~10 min)
+    torchrl-rssm train                              # the `quick` preset (2-core CPU, 3-7 min)
     torchrl-rssm train --preset cartpole-swingup --device cuda
     torchrl-rssm train --env dmc:walker-walk --set batch_size=32 --set lr=6e-4
     torchrl-rssm train --logdir runs/x --resume     # continue a killed run
