@@ -66,6 +66,13 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
     # closing the batched test envs must not change the run's thread count (TorchRL resets it)
     assert torch.get_num_threads() == cfg.num_threads == 1
 
+    # `torchrl-rssm eval` on that run: batched noise-free episodes and a GIF of the first
+    gif = tmp_path / "eval.gif"
+    assert main(["eval", "--checkpoint", cfg.logdir, "--episodes", "2", "--video", str(gif)]) == 0
+    assert gif.read_bytes()[:6] == b"GIF89a"
+    from PIL import Image
+    assert Image.open(gif).n_frames == cfg.max_episode_steps
+
 
 def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):
     trainer = PlaNetTrainer(tiny(tmp_path))

@@ -145,6 +145,10 @@ def _next(key: NestedKey) -> NestedKey:
 
 
 # --------------------------------------------------------------------- the loss
+class NonFiniteInputError(ValueError):
+    """A batch given to :class:`RSSMLoss` holds NaN or inf values (a ``ValueError``)."""
+
+
 class RSSMLoss(LossModule):
     """PlaNet's world-model loss (negative ELBO) with free nats, KL balancing and latent overshooting.
 
@@ -197,7 +201,8 @@ class RSSMLoss(LossModule):
             or ``torch.compile``. Missing keys and wrong shapes are always reported.
 
     Raises:
-        ValueError: on missing keys, wrong observation/reward shapes, non-finite inputs,
+        ValueError: on missing keys, wrong observation/reward shapes, non-finite inputs
+            (:class:`NonFiniteInputError`, a subclass),
             or overshooting with a world model without a recognisable transition network.
 
     Examples:
@@ -397,7 +402,7 @@ class RSSMLoss(LossModule):
             finite = torch.stack([torch.isfinite(x).all() for _, x in named])
             if not bool(finite.all()):
                 bad = [repr(key) for (key, _), ok in zip(named, finite.tolist()) if not ok]
-                raise ValueError(f"RSSMLoss: non-finite values (NaN or inf) in {', '.join(bad)}.")
+                raise NonFiniteInputError(f"RSSMLoss: non-finite values (NaN or inf) in {', '.join(bad)}.")
 
     # ---------------------------------------------------------------- forward
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

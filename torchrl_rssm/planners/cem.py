@@ -14,9 +14,6 @@ final mean.
 from __future__ import annotations
 
 import torch
-from tensordict.utils import NestedKey
-from torch import nn
-from torchrl.data import TensorSpec
 
 from ._common import ActionSpace, PlannerBase, Returns, top_k_elites
 
@@ -137,22 +134,7 @@ class CEMPlanner(PlannerBase):
         torch.Size([4, 2])
     """
 
-    def __init__(
-        self,
-        model,
-        planning_horizon: int = 12,
-        optim_steps: int = 10,
-        num_candidates: int = 1000,
-        top_k: int = 100,
-        reward_key: NestedKey = ("next", "reward"),
-        action_key: NestedKey = "action",
-        *,
-        action_spec: TensorSpec | None = None,
-        reward_model: nn.Module | None = None,
-        **kwargs,
-    ):
-        super().__init__(model, planning_horizon, optim_steps, num_candidates, top_k, reward_key, action_key,
-                         action_spec=action_spec, reward_model=reward_model, **kwargs)
+    # The constructor is PlannerBase's (TorchRL's positional signature plus keyword options).
 
     def search(self, returns_fn: Returns, mean: torch.Tensor, std: torch.Tensor,
                optim_steps: int) -> tuple[torch.Tensor, torch.Tensor]:

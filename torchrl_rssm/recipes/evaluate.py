@@ -28,10 +28,8 @@ def evaluate(trainer: PlaNetTrainer, episodes: int = 5, video: str | Path | None
     result = {"episodes": episodes, "mean_return": float(returns.mean()),
               "returns": [round(float(r), 2) for r in returns], "env_steps": trainer.counters["env_steps"]}
     if video is not None:
-        frames = rollout["pixels"].reshape(-1, *rollout["pixels"].shape[-4:])[: trainer.episode_steps]
-        if rollout.batch_size.numel() > trainer.episode_steps:  # batched: [E, T] -> first env
-            frames = rollout["pixels"][0]
-        write_gif(frames, video)
+        pixels = rollout["pixels"]
+        write_gif(pixels[0] if rollout.ndim == 2 else pixels, video)  # [E, T] batched, or [T]
         result["video"] = str(video)
     return result
 

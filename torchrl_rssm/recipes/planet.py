@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..data import load_replay_buffer, make_replay_buffer, save_replay_buffer
 from ..envs import dequantize, make_env
 from ..modules import make_world_model, pixels_to_model
-from ..objectives import RSSMLoss
+from ..objectives import NonFiniteInputError, RSSMLoss
 from ..planners import CEMPlanner, MPPIPlanner, PlaNetPolicy
 from .config import PlaNetConfig, from_dict
 from .logging import RSSMTensorboardLogger
@@ -231,8 +231,8 @@ class PlaNetTrainer:
             batch = self.buffer.sample().exclude("state", "belief")
             try:
                 losses = self.loss_module(batch)
-            except ValueError as err:
-                if cfg.nan_policy == "raise" or "finite" not in str(err).lower() and "nan" not in str(err).lower():
+            except NonFiniteInputError as err:
+                if cfg.nan_policy == "raise":
                     raise
                 warnings.warn(f"Update skipped: {err}", RuntimeWarning, stacklevel=2)
                 self.counters["skipped_updates"] += 1
