@@ -269,9 +269,38 @@ def test_fast_returns_match_reference_loop_with_the_same_noise():
             total += reward(s, h).squeeze(-1)
         means_only = FastRSSMReturns(prior, reward, sample=False)(state, belief, actions)
         generic = TensorReturns(prior, reward, sample=False)(state, belief, actions)
+        fast_model = FastRSSMReturns(prior, reward)
+        plain = fast_model.rollout(fast_model.weights(), state, belief, actions, noise)  # what compile traces
+        plain_means = fast_model.rollout(fast_model.weights(), state, belief, actions, None)
     assert fast.shape == (M, N)
     torch.testing.assert_close(fast, total.view(M, N), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, total.view(M, N), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(means_only, generic, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain_means, generic, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_returns_follow_weight_updates():
+    # the folded weights are cached per parameter version: an optimiser step, an in-place
+    # edit or load_state_dict must be seen by the next call
+    prior, reward = small_networks()
+    fast, generic = FastRSSMReturns(prior, reward, sample=False), TensorReturns(prior, reward, sample=False)
+    state, belief, actions = torch.randn(2, S), torch.randn(2, D), torch.rand(2, 3, 4, A) * 2 - 1
+    with torch.no_grad():
+        before = fast(state, belief, actions)
+    opt = torch.optim.SGD([*prior.parameters(), *reward.parameters()], lr=0.5)
+    loss = sum(q.square().sum() for q in [*prior.parameters(), *reward.parameters()])
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after_step = fast(state, belief, actions)
+        torch.testing.assert_close(after_step, generic(state, belief, actions), rtol=1e-5, atol=1e-5)
+        assert (after_step - before).abs().max() > 1e-3
+        prior.rnn.weight_hh.mul_(-1)  # in place
+        torch.testing.assert_close(fast(state, belief, actions), generic(state, belief, actions), rtol=1e-5,
+                                   atol=1e-5)
+        prior.load_state_dict(small_networks(seed=3)[0].state_dict())
+        torch.testing.assert_close(fast(state, belief, actions), generic(state, belief, actions), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_world_model_planner_uses_fast_path_and_any_batch_dims():
@@ -449,13 +478,14 @@ def test_bad_input_is_named():
 
 
 # -------------------------------------------------------------------- compile, CUDA graphs
-def test_search_compiles_with_fullgraph():
-    # aot_eager checks that Dynamo captures the whole search (fullgraph=True: no graph break)
-    # and keeps eager RNG, so the result equals eager; inductor runs in the CUDA test below.
+@pytest.mark.parametrize("scope", ["search", "rollout"])
+def test_search_compiles_with_fullgraph(scope):
+    # aot_eager checks that Dynamo captures the whole search, or the latent rollout, in one
+    # graph (fullgraph=True: no graph break) and keeps eager RNG, so the result equals eager.
     prior, reward = small_networks()
     kw = dict(action_spec=BOX)
     eager = CEMPlanner((prior, reward), 3, 2, 20, 4, **kw)
-    compiled = CEMPlanner((prior, reward), 3, 2, 20, 4, compile={"backend": "aot_eager"}, **kw)
+    compiled = CEMPlanner((prior, reward), 3, 2, 20, 4, compile={"backend": "aot_eager", "scope": scope}, **kw)
     s, b = torch.randn(2, S), torch.randn(2, D)
     torch.manual_seed(0)
     ref = eager.optimize(s, b)
@@ -463,6 +493,28 @@ def test_search_compiles_with_fullgraph():
     out = compiled.optimize(s, b)
     for x, y in zip(out, ref):
         torch.testing.assert_close(x, y)
+
+
+def test_inductor_compiled_rollout_on_cpu_matches_eager():
+    # compile=True on CPU compiles the rollout with inductor (C++ kernels); the noise stays eager
+    prior, reward = small_networks()
+    eager, compiled = FastRSSMReturns(prior, reward), FastRSSMReturns(prior, reward)
+    compiled.compile_rollout(fullgraph=True, dynamic=False)
+    state, belief = torch.randn(2, S), torch.randn(2, D)
+    actions, noise = torch.rand(2, 5, 3, A) * 2 - 1, torch.randn(3, 2, 5, S)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(state, belief, actions, noise), eager(state, belief, actions, noise),
+                                   rtol=1e-4, atol=1e-4)
+        prior.rnn.weight_hh.mul_(0.5)  # the folded weights are graph inputs: an update must not recompile
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            torch.testing.assert_close(compiled(state, belief, actions, noise),
+                                       eager(state, belief, actions, noise), rtol=1e-4, atol=1e-4)
+    planner = CEMPlanner((prior, reward), 3, 2, 20, 4, action_spec=BOX, compile=True)
+    action = planner.plan(state, belief)
+    assert planner.returns_model._compiled is not None
+    assert action.shape == (2, A) and (action.abs() <= 1).all()
+    with pytest.raises(ValueError, match="scope"):
+        CEMPlanner((prior, reward), 3, 2, 20, 4, action_spec=BOX, compile={"scope": "everything"})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none on this machine")

@@ -187,21 +187,12 @@ def top_k_elites(actions: torch.Tensor, returns: torch.Tensor, k: int) -> tuple[
 def _write(op, args, out: torch.Tensor) -> torch.Tensor:
     """``op(*args)`` stored in ``out`` (eager: ``out=``, no temporary).
 
-    Dynamo does not trace ``out=`` into a view; under ``torch.compile`` the result
-    is assigned instead, and inductor fuses that copy into the producing kernel.
+    Under ``torch.compile`` it returns ``op(*args)`` and leaves ``out`` alone: inductor
+    plans its own buffers, and ``out=`` into a view would not trace.
     """
     if torch.compiler.is_compiling():
-        out.copy_(op(*args))
-        return out
+        return op(*args)
     return op(*args, out=out)
-
-
-def _tanh_(x: torch.Tensor) -> torch.Tensor:
-    """In-place tanh. On CPU as 2 * sigmoid(2x) - 1 (the same function; absolute error
-    ~1e-7): PyTorch's CPU tanh kernel is ~10x slower than its sigmoid kernel."""
-    if x.device.type == "cpu" and x.numel() >= 8192 and not torch.compiler.is_compiling():
-        return x.mul_(2).sigmoid_().mul_(2).sub_(1)  # (only where the kernel, not the call, dominates)
-    return x.tanh_()
 
 
 class FastRSSMReturns(nn.Module):
@@ -216,6 +207,12 @@ class FastRSSMReturns(nn.Module):
       hidden-side matmul runs once per environment and is broadcast;
     - the GRU cell is spelled out (PyTorch's ``GRUCell`` equations) so that matmuls
       accumulate in place (``addmm_``) instead of adding their outputs afterwards;
+    - the loop carries ``g = (h + 1) / 2`` instead of the belief ``h``. Since
+      ``tanh(u) = 2 * sigmoid(2u) - 1``, the GRU update ``h' = (1 - z) * tanh(u) + z * h``
+      becomes ``g' = lerp(sigmoid(2u), g, z)``: one sigmoid instead of a tanh (whose
+      CPU kernel is ~5x slower) and no extra ops, because every layer that reads
+      ``h = 2g - 1`` takes the affine map into its weights and bias (prepared once
+      per parameter version, see :meth:`weights`);
     - beliefs and states are written straight into one ``[H, M, N, S + D]`` buffer,
       the reward head's input (no ``stack`` / ``cat``), and the reward head runs once
       over all H steps after the loop;
@@ -237,6 +234,8 @@ class FastRSSMReturns(nn.Module):
         self.prior, self.reward, self.sample = prior, reward, sample
         self.state_dim, self.belief_dim = prior.state_dim, prior.rnn_hidden_dim
         self._workspace: dict[str, torch.Tensor] = {}
+        self._weights: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self._compiled: Callable | None = None
 
     def _buf(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A scratch tensor kept between calls (a fresh one under torch.compile or while a
@@ -251,75 +250,151 @@ class FastRSSMReturns(nn.Module):
     def release_workspace(self) -> None:
         """Frees the scratch buffers (they are re-created on the next call)."""
         self._workspace.clear()
+        self._weights = None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The networks' weights as the loop uses them (transposed for ``addmm``, folded
+        for ``g = (h + 1) / 2``), cached until a parameter changes: an optimiser step or
+        ``load_state_dict`` bumps the parameters' versions, a ``.to()`` moves their data."""
+        params = [*self.prior.parameters(), *self.reward.parameters()]
+        if torch.compiler.is_compiling() or (params[0].is_cuda and torch.cuda.is_current_stream_capturing()):
+            return self._fold()  # traced or captured: the graph computes the fold itself
+        key = tuple((q.data_ptr(), q._version, q.dtype) for q in params)
+        if self._weights is None or self._weights[0] != key:
+            self._weights = (key, self._fold())
+        return self._weights[1]
+
+    @torch.no_grad()
+    def _fold(self) -> dict[str, torch.Tensor]:
+        p, S, D = self.prior, self.state_dim, self.belief_dim
+        first, gru = p.action_state_projector[0], p.rnn
+        head1, head2 = p.rnn_to_prior_projector[0], p.rnn_to_prior_projector[2]
+        w_hh, b_hh, w_ih, b_ih = gru.weight_hh, gru.bias_hh, gru.weight_ih, gru.bias_ih
+        # A layer reading h = 2g - 1:  W h + b = (2W) g + (b - W 1).
+        # Gates r, z: W_ir x + b_ir + W_hr h + b_hr (input-side biases join the hidden side).
+        # Candidate:  2u = 2 (W_in x + b_in) + r * 2 (W_hn h + b_hn), and (tanh(u) + 1) / 2 = sigmoid(2u).
+        hidden_scale = torch.cat([w_hh.new_full((2 * D,), 2.0), w_hh.new_full((D,), 4.0)])
+        hidden_bias = torch.cat([b_hh[: 2 * D] - w_hh[: 2 * D].sum(1) + b_ih[: 2 * D],
+                                 2 * (b_hh[2 * D :] - w_hh[2 * D :].sum(1))])
+        w = dict(
+            state_t=first.weight[:, :S].t().contiguous(), action_t=first.weight[:, S:].t().contiguous(),
+            first_bias=first.bias.clone(),
+            hidden_t=(w_hh * hidden_scale[:, None]).t().contiguous(), hidden_bias=hidden_bias,
+            input_rz_t=w_ih[: 2 * D].t().contiguous(),
+            input_n_t=(2 * w_ih[2 * D :]).t().contiguous(), input_n_bias=2 * b_ih[2 * D :],
+            head1_t=(2 * head1.weight).t().contiguous(), head1_bias=head1.bias - head1.weight.sum(1),
+            head2_t=head2.weight.t().contiguous(), head2_bias=head2.bias.clone(),
+        )
+        if isinstance(self.reward, RewardModel):  # its first layer reads [s, h]: fold the h part
+            layer = self.reward.net[0]
+            w_s, w_h = layer.weight[:, :S], layer.weight[:, S:]
+            w["reward_t"] = torch.cat([w_s, 2 * w_h], 1).t().contiguous()
+            w["reward_bias"] = layer.bias - w_h.sum(1)
+        return w
+
+    def compile_rollout(self, **options) -> None:
+        """``torch.compile`` :meth:`rollout` (``options`` go to ``torch.compile``).
+
+        The prior's noise is then drawn outside the graph, by torch's generator:
+        inductor's CPU random-number kernel is several times slower.
+        """
+        self._compiled = torch.compile(self.rollout, **options)
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor, actions: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """``noise`` (``[H, M, N, S]``, standard normal) fixes the prior samples."""
-        p, S, D = self.prior, self.state_dim, self.belief_dim
+        S, D, w = self.state_dim, self.belief_dim, self.weights()
         M, N, H, A = actions.shape
-        MN = M * N
-        first, gru = p.action_state_projector[0], p.rnn
-        head1, head2 = p.rnn_to_prior_projector[0], p.rnn_to_prior_projector[2]
-        hid = first.out_features
-        # Weights as the matmuls take them, prepared once per call (not per step).
-        w_state_t, w_action_t = first.weight[:, :S].t(), first.weight[:, S:].t()
-        w_hh_t, w_irz_t, w_in_t = gru.weight_hh.t(), gru.weight_ih[: 2 * D].t(), gru.weight_ih[2 * D :].t()
-        w_head1_t, w_head2_t = head1.weight.t(), head2.weight.t()
-        # The input-side r, z biases join the hidden-side ones (the GRU sums them anyway).
-        b_hidden = gru.bias_hh + torch.cat([gru.bias_ih[: 2 * D], torch.zeros_like(gru.bias_ih[2 * D :])])
-        b_in = gru.bias_ih[2 * D :]
+        if self._compiled is not None or torch.compiler.is_compiling():
+            if self.sample and noise is None:
+                noise = torch.randn(H, M, N, S, device=actions.device, dtype=actions.dtype)
+            return (self._compiled or self.rollout)(w, state, belief, actions, noise if self.sample else None)
+        MN, hid = M * N, w["first_bias"].shape[0]
 
         # The action's share of the first layer, all steps at once, time-major: [H, M*N, hid].
         act = actions.permute(2, 0, 1, 3).reshape(H, MN, A)
-        x_all = _write(torch.matmul, (act, w_action_t), self._buf("x", (H, MN, hid), actions))
-        x_all += first.bias
-        latents = self._buf("latents", (H, MN, S + D), actions)  # [s_t, h_t]: the reward head's input
-        lat_s, lat_h = latents[..., :S].unbind(0), latents[..., S:].unbind(0)
+        x_all = _write(torch.matmul, (act, w["action_t"]), self._buf("x", (H, MN, hid), actions))
+        x_all += w["first_bias"]
+        latents = self._buf("latents", (H, MN, S + D), actions)  # [s_t, g_t]: the reward head's input
+        lat_s, lat_g = latents[..., :S].unbind(0), latents[..., S:].unbind(0)
         if self.sample:
             if noise is None:
                 noise = self._buf("noise", (H, MN, S), actions).normal_()
             noise = noise.reshape(H, MN, S).unbind(0)
-        gh = self._buf("gh", (MN, 3 * D), actions)  # hidden-side GRU gates (+ input-side r, z)
+        gh = self._buf("gh", (MN, 3 * D), actions)  # hidden-side GRU gates (+ input-side r, z biases)
         gh_rz, gh_n = gh[:, : 2 * D], gh[:, 2 * D :]
         gi_n = self._buf("gi_n", (MN, D), actions)
         y = self._buf("y", (MN, hid), actions)
         xs = x_all.unbind(0)
-        s = h = None
+        g0 = (belief + 1) / 2
+        s = g = None
         for t in range(H):
             x = xs[t]
             if t == 0:  # the N candidates of an environment share (s_0, h_0): once per environment
-                x.view(M, N, hid).add_((state @ w_state_t).unsqueeze(1))
-                gh.view(M, N, 3 * D).copy_(torch.addmm(b_hidden, belief, w_hh_t).unsqueeze(1))
+                x.view(M, N, hid).add_((state @ w["state_t"]).unsqueeze(1))
+                gh.view(M, N, 3 * D).copy_(torch.addmm(w["hidden_bias"], g0, w["hidden_t"]).unsqueeze(1))
             else:
-                x.addmm_(s, w_state_t)
-                _write(torch.addmm, (b_hidden, h, w_hh_t), gh)
+                x.addmm_(s, w["state_t"])
+                _write(torch.addmm, (w["hidden_bias"], g, w["hidden_t"]), gh)
             F.elu(x, inplace=True)
-            r, z = gh_rz.addmm_(x, w_irz_t).sigmoid_().chunk(2, -1)  # r, z = sigmoid(W_i x + W_h h + b)
-            _write(torch.addmm, (b_in, x, w_in_t), gi_n)
-            n = _tanh_(gi_n.addcmul_(r, gh_n))  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-            # h' = (1 - z) * n + z * h, written straight into the reward head's input
+            r, z = gh_rz.addmm_(x, w["input_rz_t"]).sigmoid_().chunk(2, -1)  # r, z = sigmoid(W_i x + W_h h + b)
+            _write(torch.addmm, (w["input_n_bias"], x, w["input_n_t"]), gi_n)
+            n = gi_n.addcmul_(r, gh_n).sigmoid_()  # (tanh(u) + 1) / 2, u = W_in x + b_in + r * (W_hn h + b_hn)
+            # g' = (1 - z) * n + z * g, written straight into the reward head's input
             if t == 0:
-                _write(torch.lerp, (n.view(M, N, D), belief.unsqueeze(1), z.view(M, N, D)), lat_h[0].view(M, N, D))
-                h = lat_h[0]
+                _write(torch.lerp, (n.view(M, N, D), g0.unsqueeze(1), z.view(M, N, D)), lat_g[0].view(M, N, D))
+                g = lat_g[0]
             else:
-                h = _write(torch.lerp, (n, h, z), lat_h[t])
-            F.elu(_write(torch.addmm, (head1.bias, h, w_head1_t), y), inplace=True)
-            stats = torch.addmm(head2.bias, y, w_head2_t)  # [mean, raw std]: one matmul
+                g = _write(torch.lerp, (n, g, z), lat_g[t])
+            F.elu(_write(torch.addmm, (w["head1_bias"], g, w["head1_t"]), y), inplace=True)
+            stats = torch.addmm(w["head2_bias"], y, w["head2_t"])  # [mean, raw std]: one matmul
             if self.sample:  # softplus on a strided view is ~20x slower on CPU than copy + softplus
-                std = F.softplus(stats[:, S:].contiguous()).add_(p.scale_lb)
+                std = F.softplus(stats[:, S:].contiguous()).add_(self.prior.scale_lb)
                 s = _write(torch.addcmul, (stats[:, :S], std, noise[t]), lat_s[t])
             else:
                 s = lat_s[t].copy_(stats[:, :S])
-        return self._reward(latents.view(H * MN, S + D)).view(H, M, N).sum(0)
+        return self._reward(latents.view(H * MN, S + D), w).view(H, M, N).sum(0)
 
-    def _reward(self, flat: torch.Tensor) -> torch.Tensor:
+    def rollout(self, w: dict[str, torch.Tensor], state: torch.Tensor, belief: torch.Tensor,
+                actions: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward`'s arithmetic written plainly, out of place: what ``torch.compile``
+        traces (in-place writes into a workspace would trace into copies of it).
+
+        ``w`` is :meth:`weights`; ``noise`` ``[H, M, N, S]`` (``None`` for prior means).
+        """
+        S, D = self.state_dim, self.belief_dim
+        M, N, H, A = actions.shape
+        MN, hid = M * N, w["first_bias"].shape[0]
+        act = actions.permute(2, 0, 1, 3).reshape(H * MN, A)
+        x_act = torch.addmm(w["first_bias"], act, w["action_t"]).view(H, MN, hid)
+        s = state.unsqueeze(1).expand(M, N, S).reshape(MN, S)
+        g = ((belief + 1) / 2).unsqueeze(1).expand(M, N, D).reshape(MN, D)
+        states, beliefs = [], []
+        for t in range(H):
+            x = F.elu(torch.addmm(x_act[t], s, w["state_t"]))
+            gh = torch.addmm(w["hidden_bias"], g, w["hidden_t"])
+            r, z = torch.addmm(gh[:, : 2 * D], x, w["input_rz_t"]).sigmoid().chunk(2, -1)
+            n = torch.sigmoid(torch.addmm(w["input_n_bias"], x, w["input_n_t"]) + r * gh[:, 2 * D :])
+            g = torch.lerp(n, g, z)  # n = (tanh(u) + 1) / 2
+            y = F.elu(torch.addmm(w["head1_bias"], g, w["head1_t"]))
+            mean, raw = torch.addmm(w["head2_bias"], y, w["head2_t"]).chunk(2, -1)
+            s = mean if noise is None else mean + (F.softplus(raw) + self.prior.scale_lb) * noise[t].reshape(MN, S)
+            states.append(s)
+            beliefs.append(g)
+        latents = torch.cat([torch.stack(states), torch.stack(beliefs)], -1)
+        return self._reward(latents.view(H * MN, S + D), w).view(H, M, N).sum(0)
+
+    def _reward(self, flat: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         """Reward head over all H steps at once; RewardModel's MLP runs on the workspace."""
+        S = self.state_dim
         if not isinstance(self.reward, RewardModel):
-            S = self.state_dim
-            return self.reward(flat[:, :S], flat[:, S:])
+            return self.reward(flat[:, :S], 2 * flat[:, S:] - 1)  # back from g to h
         x = flat
         for i, layer in enumerate(self.reward.net):
-            if isinstance(layer, nn.Linear) and layer.bias is not None and layer.out_features > 1:
+            if i == 0:  # reads [s, g]: the folded weights
+                x = _write(torch.addmm, (w["reward_bias"], x, w["reward_t"]),
+                           self._buf("reward0", (x.shape[0], layer.out_features), x))
+            elif isinstance(layer, nn.Linear) and layer.bias is not None and layer.out_features > 1:
                 x = _write(torch.addmm, (layer.bias, x, layer.weight.t()),
                            self._buf(f"reward{i}", (x.shape[0], layer.out_features), x))
             elif isinstance(layer, nn.ELU):
@@ -562,14 +637,19 @@ class PlannerBase(TensorDictModuleBase):
         out = [action_key] + ([plan_key] if warm_start else [])
         self.in_keys = list(self._start_keys) + ([plan_key, is_init_key] if warm_start else [])
         self.out_keys = out
-        self._optimize = self._optimize_eager
+        self._compile_options: dict | None = None
+        self._compile_scope = None
         if compile:
             if not self._tensor_path:
                 raise ValueError("`compile=True` needs a tensor model (our RSSMWorldModel, a DreamerEnv holding "
                                  "an RSSMPrior, or (prior, reward)); this planner runs foreign tensordict modules.")
             opts = dict(fullgraph=True, dynamic=False)
             opts.update(compile if isinstance(compile, dict) else {})
-            self._optimize = torch.compile(self._optimize_eager, **opts)
+            self._compile_scope = opts.pop("scope", "auto")
+            if self._compile_scope not in ("auto", "search", "rollout"):
+                raise ValueError(f"`compile['scope']` must be 'auto', 'search' or 'rollout', got {self._compile_scope!r}.")
+            self._compile_options = opts
+        self._compiled_search = None
         self.cuda_graph = cuda_graph
         self._graphs: dict = {}
 
@@ -647,26 +727,52 @@ class PlannerBase(TensorDictModuleBase):
         with torch.no_grad():
             return self.search(lambda a: self.returns_model(state, belief, a), mean, std, self.optim_steps)
 
+    def _optimizer(self, device: torch.device) -> Callable:
+        """The search function for inputs on ``device``, compiled on first use if asked.
+
+        ``compile`` scope ``"auto"`` compiles the whole search on CUDA and only the
+        latent rollout on CPU, where inductor's random-number and top-k kernels make a
+        whole-search graph slower than eager (bench_planner.py: small setting, 8 envs).
+        """
+        if self._compile_options is None:
+            return self._optimize_eager
+        scope = self._compile_scope
+        if scope == "auto":
+            scope = "search" if device.type == "cuda" else "rollout"
+        if scope == "search":
+            if self._compiled_search is None:
+                self._compiled_search = torch.compile(self._optimize_eager, **self._compile_options)
+            return self._compiled_search
+        model = self.returns_model
+        if isinstance(model, FastRSSMReturns):
+            if model._compiled is None:
+                model.compile_rollout(**self._compile_options)
+        elif not getattr(model, "_compiled_forward", False):
+            model.compile(**self._compile_options)  # nn.Module.compile: its forward, in place
+            model._compiled_forward = True
+        return self._optimize_eager
+
     def _run(self, state, belief, mean, std):
         if self.cuda_graph and state.is_cuda:
             return self._graphed(state, belief, mean, std)
-        return self._optimize(state, belief, mean, std)
+        return self._optimizer(state.device)(state, belief, mean, std)
 
     def _graphed(self, state, belief, mean, std):
         """Replays a CUDA graph captured once per batch shape (fixed shapes, static buffers)."""
         key = (tuple(state.shape), tuple(belief.shape), state.dtype, state.device)
         entry = self._graphs.get(key)
+        optimize = self._optimizer(state.device)
         if entry is None:
             static_in = [x.clone() for x in (state, belief, mean, std)]
             stream = torch.cuda.Stream(device=state.device)
             stream.wait_stream(torch.cuda.current_stream(state.device))
             with torch.cuda.stream(stream):  # warm-up outside the capture (lazy init, autotuning)
                 for _ in range(2):
-                    self._optimize(*static_in)
+                    optimize(*static_in)
             torch.cuda.current_stream(state.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self._optimize(*static_in)
+                static_out = optimize(*static_in)
             entry = self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = entry
         for buf, x in zip(static_in, (state, belief, mean, std)):
