@@ -23,8 +23,11 @@ Settings, each for 1 and 8 environments (6-dim actions):
 Calls of the compared planners alternate, so that load from other processes hits both
 alike; the numbers are medians after warm-up. ``--compile`` adds ours with
 ``torch.compile``; on CUDA a row with the search captured in a CUDA graph is added.
+``--floor`` adds, per setting, a lower bound for any planner that evaluates this model:
+the I rollouts of N candidates (and their noise) alone, without the CEM bookkeeping.
+Its ratio against TorchRL is the most such a planner could reach on the machine.
 
-    python benchmarks/bench_planner.py [--quick] [--json PATH] [--device cuda] [--threads 2] [--compile]
+    python benchmarks/bench_planner.py [--quick] [--json PATH] [--device cuda] [--threads 2] [--compile] [--floor]
 """
 from __future__ import annotations
 
@@ -85,6 +88,28 @@ def alternating_medians(fns: dict[str, Callable[[], object]], warmup: int, repea
     return out
 
 
+def model_evaluations(planner, td: TensorDict, device: str) -> Callable[[], None]:
+    """The model evaluations a plan needs, alone: ``optim_steps`` calls of the planner's
+    returns model on ``[M, N, H, A]`` candidates (the prior's noise drawn inside) and the
+    candidates' Gaussian noise, with no CEM bookkeeping (clipping, top-k, refits) and no
+    tensordict handling. Its time bounds from below any planner that evaluates this
+    model on as many candidates with the same kernels.
+    """
+    state = td["state"].reshape(-1, td["state"].shape[-1])
+    belief = td["belief"].reshape(-1, td["belief"].shape[-1])
+    M, N, H, I = state.shape[0], planner.num_candidates, planner.planning_horizon, planner.optim_steps
+    A = planner.space.dim
+    actions = torch.rand(M, N, H, A, device=device) * 2 - 1
+
+    def evaluations() -> None:
+        with torch.no_grad():
+            for _ in range(I):
+                torch.randn(M, N, H, A, device=device)
+                planner.returns_model(state, belief, actions)
+
+    return evaluations
+
+
 def dreamer_env(world_model, S: int, D: int, action_spec, device: str) -> DreamerEnv:
     """TorchRL's Dreamer model-based env around our prior and reward head."""
     prior = world_model.rollout.prior
@@ -125,8 +150,14 @@ def bench_setting(name: str, cfg: dict, envs: int, args, rows: list[dict]) -> No
         return fn
 
     fns = {"torchrl": call(theirs), "ours": call(ours), "ours_dropin": call(ours_dropin)}
+    planners = {}
     if args.compile:
-        fns["ours_compiled"] = call(CEMPlanner(wm, *sizes, action_spec=action_spec, compile=True))
+        planners["ours_compiled"] = CEMPlanner(wm, *sizes, action_spec=action_spec, compile=True)
+        fns["ours_compiled"] = call(planners["ours_compiled"])
+    if args.floor:
+        fns["floor_ours"] = model_evaluations(ours, td, dev)
+        if "ours_compiled" in planners:
+            fns["floor_ours_compiled"] = model_evaluations(planners["ours_compiled"], td, dev)
     if str(dev).startswith("cuda"):
         fns["ours_cuda_graph"] = call(CEMPlanner(wm, *sizes, action_spec=action_spec, cuda_graph=True))
     slow = name == "planet" and not str(dev).startswith("cuda")
@@ -147,7 +178,9 @@ def bench_setting(name: str, cfg: dict, envs: int, args, rows: list[dict]) -> No
     rows.append(row(f"{label}", ms["ours"], t_ms, dev, config, "ours on the world model's tensors; " + base))
     rows.append(row(f"{label}, drop-in on DreamerEnv", ms["ours_dropin"], t_ms, dev, config,
                     "ours given TorchRL's DreamerEnv (finds the networks, tensor path); " + base))
-    for key, what in (("ours_compiled", "torch.compile(fullgraph=True) of the whole search"),
+    compiled_what = ("torch.compile(fullgraph=True) of the whole search" if str(dev).startswith("cuda")
+                     else "torch.compile(fullgraph=True) of the latent rollout (compile=True on CPU)")
+    for key, what in (("ours_compiled", compiled_what),
                       ("ours_cuda_graph", "the search captured in a CUDA graph")):
         if key in ms:
             if ms[key] is None:
@@ -155,11 +188,21 @@ def bench_setting(name: str, cfg: dict, envs: int, args, rows: list[dict]) -> No
                 continue
             rows.append(row(f"{label}, {key.split('_', 1)[1].replace('_', ' ')}", ms[key], t_ms, dev, config,
                             f"ours, {what}; " + base))
+    for key, kind in (("floor_ours", "eager"), ("floor_ours_compiled", "compiled")):
+        if ms.get(key) is not None:
+            rows.append(row(f"{label}, model evaluations only ({kind})", ms[key], t_ms, dev, config,
+                            "a lower bound, not a planner: the I x [M, N, H] rollouts and candidate noise a plan "
+                            "needs, without CEM bookkeeping; its ratio is the most a planner evaluating this "
+                            "model with these kernels could reach"))
 
 
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="add rows with torch.compile (slow to compile on CPU)")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="which settings to run (default: all)")
+    parser.add_argument("--floor", action="store_true",
+                        help="add rows timing only the model evaluations a plan needs (a lower bound)")
     args = parse_args(__doc__.splitlines()[0], parser)
     if args.threads is None and not str(args.device).startswith("cuda"):
         torch.set_num_threads(min(2, torch.get_num_threads()))  # the project's reference CPU: 2 threads
@@ -168,6 +211,8 @@ def main() -> None:
     if args.quick:  # PlaNet's networks and sizes, 2 iterations instead of 10: same per-iteration work
         settings["planet"] = dict(SETTINGS["planet"], I=2)
     for name, cfg in settings.items():
+        if name not in args.settings:
+            continue
         for envs in ((1,) if args.quick and name != "small" else (1, 8)):
             bench_setting(name, cfg, envs, args, rows)
     report(rows, args.json)

@@ -1,8 +1,8 @@
 """Runs every ``benchmarks/bench_*.py`` script and collects their rows into one report.
 
 Each script runs in its own subprocess (``--json`` to a temporary file, ``--quick`` and
-``--device`` passed through), so a script that crashes or hangs cannot take the others
-down. The rows of all scripts are written to
+``--device`` passed through; a full run adds ``--compile --floor`` to ``bench_planner.py``),
+so a script that crashes or hangs cannot take the others down. The rows of all scripts are written to
 
 - ``benchmarks/results/<device>.json``: rows plus versions (torch, torchrl, tensordict,
   this package, Python) and the machine, and the status of every script;
@@ -37,6 +37,8 @@ sys.path.insert(0, str(HERE))
 from _common import cpu_model  # noqa: E402
 
 ROW_KEYS = ("name", "ours_ms", "torchrl_ms", "speedup", "device", "config", "note")
+# Extra flags of a full (not --quick) run: the planner's compiled and model-evaluation rows.
+FULL_RUN_ARGS = {"bench_planner.py": ["--compile", "--floor"]}
 
 
 # ------------------------------------------------------------------ machine facts
@@ -116,6 +118,8 @@ def run_script(script: Path, args: argparse.Namespace) -> dict:
         cmd = [sys.executable, str(script), "--json", str(out_json), "--device", args.device]
         if args.quick:
             cmd.append("--quick")
+        else:
+            cmd += FULL_RUN_ARGS.get(script.name, [])
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         print(f"\n=== {script.name}: {' '.join(cmd[1:])}", flush=True)
