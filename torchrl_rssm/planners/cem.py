@@ -115,7 +115,9 @@ class CEMPlanner(PlannerBase):
             whole search on CUDA, only the latent rollout on CPU (inductor's CPU
             random-number and top-k kernels make a whole-search graph slower than eager).
             A dict adds compile options, e.g. ``{"backend": "aot_eager"}``, and
-            ``"scope": "search" | "rollout"`` overrides that choice.
+            ``"scope": "search" | "rollout"`` overrides that choice. On CPU it pays for
+            small models (``benchmarks/bench_planner.py --compile``); at PlaNet's size
+            with 8 environments the eager path was faster there.
         cuda_graph: capture the search in a CUDA graph per batch shape (CUDA only):
             the first call per shape warms up and captures, later calls replay.
 
