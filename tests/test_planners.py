@@ -279,28 +279,47 @@ def test_fast_returns_match_reference_loop_with_the_same_noise():
     torch.testing.assert_close(plain_means, generic, rtol=1e-5, atol=1e-5)
 
 
-def test_fast_returns_follow_weight_updates():
-    # the folded weights are cached per parameter version: an optimiser step, an in-place
-    # edit or load_state_dict must be seen by the next call
+@pytest.mark.parametrize("update", ["sgd", "fused_adam", "data_edit", "load_state_dict", "reward_only"])
+def test_fast_returns_follow_weight_updates(update):
+    # the folded weights must follow every kind of update, including those that leave no
+    # version bump (fused optimisers, .data edits as in Polyak averaging)
     prior, reward = small_networks()
     fast, generic = FastRSSMReturns(prior, reward, sample=False), TensorReturns(prior, reward, sample=False)
     state, belief, actions = torch.randn(2, S), torch.randn(2, D), torch.rand(2, 3, 4, A) * 2 - 1
+    params = [*prior.parameters(), *reward.parameters()]
     with torch.no_grad():
         before = fast(state, belief, actions)
-    opt = torch.optim.SGD([*prior.parameters(), *reward.parameters()], lr=0.5)
-    loss = sum(q.square().sum() for q in [*prior.parameters(), *reward.parameters()])
-    loss.backward()
-    opt.step()
-    with torch.no_grad():
-        after_step = fast(state, belief, actions)
-        torch.testing.assert_close(after_step, generic(state, belief, actions), rtol=1e-5, atol=1e-5)
-        assert (after_step - before).abs().max() > 1e-3
-        prior.rnn.weight_hh.mul_(-1)  # in place
-        torch.testing.assert_close(fast(state, belief, actions), generic(state, belief, actions), rtol=1e-5,
-                                   atol=1e-5)
+    if update in ("sgd", "fused_adam"):
+        opt = (torch.optim.SGD(params, lr=0.5) if update == "sgd" else torch.optim.Adam(params, lr=0.1, fused=True))
+        sum(q.square().sum() for q in params).backward()
+        opt.step()
+    elif update == "data_edit":
+        for q in params:
+            q.data.mul_(0.5).add_(0.1)
+    elif update == "load_state_dict":
         prior.load_state_dict(small_networks(seed=3)[0].state_dict())
-        torch.testing.assert_close(fast(state, belief, actions), generic(state, belief, actions), rtol=1e-5,
-                                   atol=1e-5)
+    else:
+        reward.load_state_dict(small_networks(seed=3)[1].state_dict())
+    with torch.no_grad():
+        after = fast(state, belief, actions)
+        torch.testing.assert_close(after, generic(state, belief, actions), rtol=1e-5, atol=1e-5)
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_fast_returns_deepcopy_after_compile_uses_its_own_networks():
+    import copy
+
+    prior, reward = small_networks()
+    fast = FastRSSMReturns(prior, reward, sample=False)
+    fast.compile_rollout(backend="aot_eager", fullgraph=True)
+    state, belief, actions = torch.randn(2, S), torch.randn(2, D), torch.rand(2, 3, 4, A) * 2 - 1
+    with torch.no_grad():
+        fast(state, belief, actions)
+        twin = copy.deepcopy(fast)
+        for q in twin.parameters():
+            q.mul_(0.5)
+        expected = TensorReturns(twin.prior, twin.reward, sample=False)(state, belief, actions)
+        torch.testing.assert_close(twin(state, belief, actions), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_world_model_planner_uses_fast_path_and_any_batch_dims():

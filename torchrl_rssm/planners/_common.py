@@ -23,6 +23,7 @@ Three pieces, each a screenful:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -211,8 +212,8 @@ class FastRSSMReturns(nn.Module):
       ``tanh(u) = 2 * sigmoid(2u) - 1``, the GRU update ``h' = (1 - z) * tanh(u) + z * h``
       becomes ``g' = lerp(sigmoid(2u), g, z)``: one sigmoid instead of a tanh (whose
       CPU kernel is ~5x slower) and no extra ops, because every layer that reads
-      ``h = 2g - 1`` takes the affine map into its weights and bias (prepared once
-      per parameter version, see :meth:`weights`);
+      ``h = 2g - 1`` takes the affine map into its weights and bias (folded once
+      per search, see :meth:`weights`);
     - beliefs and states are written straight into one ``[H, M, N, S + D]`` buffer,
       the reward head's input (no ``stack`` / ``cat``), and the reward head runs once
       over all H steps after the loop;
@@ -234,7 +235,6 @@ class FastRSSMReturns(nn.Module):
         self.prior, self.reward, self.sample = prior, reward, sample
         self.state_dim, self.belief_dim = prior.state_dim, prior.rnn_hidden_dim
         self._workspace: dict[str, torch.Tensor] = {}
-        self._weights: tuple[tuple, dict[str, torch.Tensor]] | None = None
         self._compiled: Callable | None = None
 
     def _buf(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -250,22 +250,17 @@ class FastRSSMReturns(nn.Module):
     def release_workspace(self) -> None:
         """Frees the scratch buffers (they are re-created on the next call)."""
         self._workspace.clear()
-        self._weights = None
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The networks' weights as the loop uses them (transposed for ``addmm``, folded
-        for ``g = (h + 1) / 2``), cached until a parameter changes: an optimiser step or
-        ``load_state_dict`` bumps the parameters' versions, a ``.to()`` moves their data."""
-        params = [*self.prior.parameters(), *self.reward.parameters()]
-        if torch.compiler.is_compiling() or (params[0].is_cuda and torch.cuda.is_current_stream_capturing()):
-            return self._fold()  # traced or captured: the graph computes the fold itself
-        key = tuple((q.data_ptr(), q._version, q.dtype) for q in params)
-        if self._weights is None or self._weights[0] != key:
-            self._weights = (key, self._fold())
-        return self._weights[1]
 
     @torch.no_grad()
-    def _fold(self) -> dict[str, torch.Tensor]:
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The networks' current weights as the loop uses them: transposed for ``addmm`` and
+        folded for ``g = (h + 1) / 2``. A few small ops; the planners compute them once
+        per search and pass them to every call (``weights=``). Not cached across calls:
+        fused optimisers and ``.data`` edits change parameters without a trace to key on.
+
+        In float32 the fold changes results by ~1e-7. In bfloat16/float16 it is ~3x less
+        accurate than the plain GRU (g near 0.5 and the folded biases round coarser).
+        """
         p, S, D = self.prior, self.state_dim, self.belief_dim
         first, gru = p.action_state_projector[0], p.rnn
         head1, head2 = p.rnn_to_prior_projector[0], p.rnn_to_prior_projector[2]
@@ -298,18 +293,22 @@ class FastRSSMReturns(nn.Module):
         The prior's noise is then drawn outside the graph, by torch's generator:
         inductor's CPU random-number kernel is several times slower.
         """
-        self._compiled = torch.compile(self.rollout, **options)
+        self._compiled = torch.compile(type(self).rollout, **options)  # unbound: copies use their own modules
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor, actions: torch.Tensor,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``noise`` (``[H, M, N, S]``, standard normal) fixes the prior samples."""
-        S, D, w = self.state_dim, self.belief_dim, self.weights()
+                noise: torch.Tensor | None = None, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``noise`` (``[H, M, N, S]``, standard normal) fixes the prior samples; ``weights``
+        (from :meth:`weights`) saves folding them again when called repeatedly."""
+        S, D = self.state_dim, self.belief_dim
+        w = self.weights() if weights is None else weights
         M, N, H, A = actions.shape
         if self._compiled is not None or torch.compiler.is_compiling():
             if self.sample and noise is None:
                 noise = torch.randn(H, M, N, S, device=actions.device, dtype=actions.dtype)
-            return (self._compiled or self.rollout)(w, state, belief, actions, noise if self.sample else None)
+            rollout = self._compiled or type(self).rollout
+            return rollout(self, w, state, belief, actions, noise if self.sample else None)
         MN, hid = M * N, w["first_bias"].shape[0]
+        assert not torch.compiler.is_compiling()  # in place on the workspace: never traced (see rollout)
 
         # The action's share of the first layer, all steps at once, time-major: [H, M*N, hid].
         act = actions.permute(2, 0, 1, 3).reshape(H, MN, A)
@@ -367,12 +366,16 @@ class FastRSSMReturns(nn.Module):
         MN, hid = M * N, w["first_bias"].shape[0]
         act = actions.permute(2, 0, 1, 3).reshape(H * MN, A)
         x_act = torch.addmm(w["first_bias"], act, w["action_t"]).view(H, MN, hid)
+        g0 = (belief + 1) / 2
         s = state.unsqueeze(1).expand(M, N, S).reshape(MN, S)
-        g = ((belief + 1) / 2).unsqueeze(1).expand(M, N, D).reshape(MN, D)
+        g = g0.unsqueeze(1).expand(M, N, D).reshape(MN, D)
         states, beliefs = [], []
         for t in range(H):
             x = F.elu(torch.addmm(x_act[t], s, w["state_t"]))
-            gh = torch.addmm(w["hidden_bias"], g, w["hidden_t"])
+            if t == 0:  # the N candidates of an environment share g_0: once per environment
+                gh = torch.addmm(w["hidden_bias"], g0, w["hidden_t"]).unsqueeze(1).expand(M, N, 3 * D).reshape(MN, -1)
+            else:
+                gh = torch.addmm(w["hidden_bias"], g, w["hidden_t"])
             r, z = torch.addmm(gh[:, : 2 * D], x, w["input_rz_t"]).sigmoid().chunk(2, -1)
             n = torch.sigmoid(torch.addmm(w["input_n_bias"], x, w["input_n_t"]) + r * gh[:, 2 * D :])
             g = torch.lerp(n, g, z)  # n = (tanh(u) + 1) / 2
@@ -725,7 +728,11 @@ class PlannerBase(TensorDictModuleBase):
     def _optimize_eager(self, state, belief, mean, std):
         # One function of tensors, so that torch.compile(fullgraph=True) and CUDA graphs see it whole.
         with torch.no_grad():
-            return self.search(lambda a: self.returns_model(state, belief, a), mean, std, self.optim_steps)
+            model = self.returns_model
+            if isinstance(model, FastRSSMReturns):  # fold the weights once for all iterations
+                weights = model.weights()
+                return self.search(lambda a: model(state, belief, a, weights=weights), mean, std, self.optim_steps)
+            return self.search(lambda a: model(state, belief, a), mean, std, self.optim_steps)
 
     def _optimizer(self, device: torch.device) -> Callable:
         """The search function for inputs on ``device``, compiled on first use if asked.
@@ -740,9 +747,9 @@ class PlannerBase(TensorDictModuleBase):
         if scope == "auto":
             scope = "search" if device.type == "cuda" else "rollout"
         if scope == "search":
-            if self._compiled_search is None:
-                self._compiled_search = torch.compile(self._optimize_eager, **self._compile_options)
-            return self._compiled_search
+            if self._compiled_search is None:  # unbound: a deepcopy must run its own modules
+                self._compiled_search = torch.compile(type(self)._optimize_eager, **self._compile_options)
+            return functools.partial(self._compiled_search, self)
         model = self.returns_model
         if isinstance(model, FastRSSMReturns):
             if model._compiled is None:
