@@ -652,6 +652,7 @@ class PlannerBase(TensorDictModuleBase):
                 raise ValueError(f"`compile['scope']` must be 'auto', 'search' or 'rollout', got {self._compile_scope!r}.")
             self._compile_options = opts
         self._compiled_search = None
+        self._rollout_compiled = False
         self.cuda_graph = cuda_graph
         self._graphs: dict = {}
 
@@ -750,13 +751,10 @@ class PlannerBase(TensorDictModuleBase):
             if self._compiled_search is None:  # unbound: a deepcopy must run its own modules
                 self._compiled_search = torch.compile(type(self)._optimize_eager, **self._compile_options)
             return functools.partial(self._compiled_search, self)
-        model = self.returns_model
-        if isinstance(model, FastRSSMReturns):
-            if model._compiled is None:
-                model.compile_rollout(**self._compile_options)
-        elif not getattr(model, "_compiled_forward", False):
-            model.compile(**self._compile_options)  # nn.Module.compile: its forward, in place
-            model._compiled_forward = True
+        if not self._rollout_compiled:
+            model = self.returns_model  # ours: its plain rollout; others: nn.Module.compile (forward, in place)
+            (model.compile_rollout if isinstance(model, FastRSSMReturns) else model.compile)(**self._compile_options)
+            self._rollout_compiled = True
         return self._optimize_eager
 
     def _run(self, state, belief, mean, std):
