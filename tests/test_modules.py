@@ -89,6 +89,78 @@ def test_world_model_shapes_pixels_and_vector():
         assert wm.obs_key == key and wm.reco_key == ("next", f"reco_{key}")
 
 
+# ------------------------------------------------------- other image sizes
+def test_encoder_embedding_size_from_image_size():
+    # side s -> (s - 4) // 2 + 1 per layer: 64 -> 2, 96 -> 4, 128 -> 6, 80 -> 3, 46 -> 1
+    for size, side in [(64, 2), (96, 4), (128, 6), (80, 3), (46, 1)]:
+        enc = ConvEncoder(channels=4, in_channels=1, image_size=size)
+        assert enc.output_dim() == 32 * side * side
+        assert enc(torch.zeros(2, 1, size, size, dtype=torch.uint8)).shape == (2, 32 * side * side)
+    assert ConvEncoder().output_dim((96, 128)) == 256 * 4 * 6
+    assert ConvEncoder()(torch.zeros(3, 96, 128)).shape == (256 * 4 * 6,)
+
+
+@pytest.mark.parametrize("size", [64, 96, 128, (80, 112), 48])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_world_model_other_image_sizes_and_channels(size, channels):
+    hw = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)  # tiny stacks (channels=4) can start with every ReLU dead on some draws
+    wm = make_world_model(Composite(pixels=Unbounded((channels, *hw))), Bounded(-1, 1, (A,)),
+                          state_dim=S, belief_dim=D, hidden_dim=H, channels=4)
+    assert wm.encoder.image_size == hw and wm.decoder.image_size == hw
+    td = TensorDict({"action": torch.randn(2, 3, A),
+                     ("next", "pixels"): torch.randint(0, 256, (2, 3, channels, *hw), dtype=torch.uint8)}, [2, 3])
+    wm(td)
+    assert td["next", "encoded_latents"].shape == (2, 3, wm.encoder.output_dim())
+    reco = td["next", "reco_pixels"]
+    assert reco.shape == (2, 3, channels, *hw)
+    reco.square().mean().backward()
+    for module in (wm.encoder, wm.decoder):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_decoder_64_is_planet_stack_and_other_sizes_resize_it():
+    torch.manual_seed(0)
+    d64 = ConvDecoder(channels=4, latent_dim=S + D)
+    assert d64.native_size == d64.image_size == (64, 64)
+    shapes = [tuple(m.weight.shape) for m in d64.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert shapes == [(128, 16, 5, 5), (16, 8, 5, 5), (8, 4, 6, 6), (4, 3, 6, 6)]  # PlaNet's kernels 5,5,6,6
+    d96 = ConvDecoder(channels=4, latent_dim=S + D, image_size=96)
+    d96.load_state_dict(d64.state_dict())  # same parameters for every size
+    s, b = torch.randn(5, S), torch.randn(5, D)
+    ref = torch.nn.functional.interpolate(d64(s, b), size=(96, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(d96(s, b), ref)
+    # a stack native to 96 (first kernel 9) needs no resize
+    d = ConvDecoder(channels=4, kernel_sizes=[9, 5, 6, 6], latent_dim=S + D, image_size=96)
+    assert d.native_size == (96, 96) and d(s, b).shape == (5, 3, 96, 96)
+
+
+def test_decoder_has_no_activation_after_its_linear_layer():
+    """PlaNet feeds the linear layer's output, negative values included, straight into the deconvs."""
+    dec = ConvDecoder(channels=4, latent_dim=S + D)
+    s, b = torch.randn(3, S), torch.randn(3, D)
+    pre = dec.state_to_latent[0](torch.cat([s, b], -1))
+    assert (pre < 0).any()
+    torch.testing.assert_close(dec.state_to_latent(torch.cat([s, b], -1)), pre)
+    torch.testing.assert_close(dec(s, b), dec.decoder(pre.reshape(3, -1, 1, 1)))
+    assert "state_to_latent.0.weight" in dec.state_dict()
+
+
+def test_decoder_infers_latent_dim_lazily_like_torchrl():
+    import inspect
+
+    import torchrl.modules as trm
+
+    ours = inspect.signature(ConvDecoder).parameters
+    theirs = inspect.signature(trm.ObsDecoder).parameters
+    for name, p in theirs.items():
+        assert ours[name].default == p.default, name
+    for state, belief in [(30, 200), (7, 13)]:
+        dec = ConvDecoder(channels=4)
+        out = dec(torch.zeros(2, state), torch.zeros(2, belief))
+        assert out.shape == (2, 3, 64, 64) and dec.state_to_latent[0].in_features == state + belief
+
+
 # ---------------------------------------------------------------- numerics
 def test_stds_bounded_below_by_min_std():
     rollout = small_rollout()
@@ -209,8 +281,17 @@ def test_bad_observation_shape_is_named():
         ConvEncoder()(torch.zeros(2, 64, 64, 3))
     with pytest.raises(ValueError, match=r"\[\*B, 5\]"):
         MLPEncoder(5)(torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="64, 64"):
+    with pytest.raises(ValueError, match=r"observation_spec.*\(3, 32, 32\).*>= 46"):
         make_world_model(Composite(pixels=Unbounded((3, 32, 32))), Bounded(-1, 1, (A,)))
+    with pytest.raises(ValueError, match=r"image_size=\(45, 64\) is too small.*>= 46"):
+        ConvEncoder(image_size=(45, 64))
+    with pytest.raises(ValueError, match="too small"):
+        ConvEncoder()(torch.zeros(1, 3, 40, 40))
+    with pytest.raises(ValueError, match=r"\[\*B, C, 96, 96\]"):
+        ConvEncoder(image_size=96)(torch.zeros(1, 3, 64, 64))
+    for bad in (0, (64,), (64, 0), 64.0):
+        with pytest.raises(ValueError, match="image_size"):
+            ConvDecoder(image_size=bad)
     rollout = small_rollout()
     with pytest.raises(ValueError, match="embedding and action"):
         rollout.observe(torch.zeros(2, 5, E), torch.zeros(2, 4, A))

@@ -13,7 +13,7 @@ from tensordict.utils import NestedKey
 from torchrl.modules import WorldModelWrapper
 
 from .decoders import ConvDecoder, MLPDecoder
-from .encoders import ConvEncoder, MLPEncoder
+from .encoders import ConvEncoder, MLPEncoder, min_image_size
 from .heads import RewardModel
 from .rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 
@@ -75,14 +75,18 @@ def make_world_model(
 
     Args:
         observation_spec: the environment's observation ``Composite`` spec (or a
-            single spec of the observation); ``pixels`` ``[3, 64, 64]`` gives the
-            conv encoder/decoder, a vector ``observation`` the MLPs.
+            single spec of the observation); ``pixels`` ``[C, H, W]`` gives the
+            conv encoder/decoder, a vector ``observation`` the MLPs. Any channel
+            count (1 for grayscale, 3 for RGB); 64x64 is exactly PlaNet's stack,
+            other sizes (H, W >= 46, e.g. 96 or 128, square or not) get an
+            embedding sized from the image (:meth:`ConvEncoder.output_dim`) and a
+            decoder resized to the image (see :class:`ConvDecoder`).
         action_spec: the environment's action spec.
         obs_key: which observation to model (default: ``"pixels"`` if present,
             else ``"observation"``).
         state_dim, belief_dim, hidden_dim: RSSM sizes (PlaNet: 30, 200, 200).
-        embed_dim: embedding size for vector observations (pixels: 1024 from the
-            conv stack).
+        embed_dim: embedding size for vector observations (pixels: set by the
+            conv stack, 1024 for 64x64).
         channels: conv width (PlaNet: 32).
         min_std: lower bound of the latent stds.
         reward_key: where the predicted reward goes, under ``"next"``. Use
@@ -112,20 +116,23 @@ def make_world_model(
     shape = tuple(spec.shape)
     latent_dim = state_dim + belief_dim
     if len(shape) == 3:
-        if shape[-2:] != (64, 64):
+        smallest = min_image_size(4)
+        if min(shape[-2:]) < smallest:
             raise ValueError(
-                f"make_world_model: pixel observations must be [C, 64, 64] (PlaNet's conv stack), got {shape}; "
-                "render at 64x64 (see torchrl_rssm.envs.make_env)."
+                f"make_world_model: pixel observation {obs_key!r} in observation_spec has shape {shape}; "
+                f"the conv encoder needs [C, H, W] with H, W >= {smallest} (PlaNet's stack: 64). "
+                "Render larger images (see torchrl_rssm.envs.make_env(image_size=...))."
             )
-        encoder = ConvEncoder(channels=channels, in_channels=shape[0], device=device)
-        decoder = ConvDecoder(channels=channels, latent_dim=latent_dim, out_channels=shape[0], device=device)
-        embed_dim = channels * 32
+        encoder = ConvEncoder(channels=channels, in_channels=shape[0], device=device, image_size=shape[-2:])
+        decoder = ConvDecoder(channels=channels, latent_dim=latent_dim, out_channels=shape[0], device=device,
+                              image_size=shape[-2:])
+        embed_dim = encoder.output_dim()
     elif len(shape) == 1:
         embed_dim = embed_dim or hidden_dim
         encoder = MLPEncoder(shape[0], embed_dim=embed_dim, hidden_dim=hidden_dim, device=device)
         decoder = MLPDecoder(shape[0], latent_dim=latent_dim, hidden_dim=hidden_dim, device=device)
     else:
-        raise ValueError(f"make_world_model: observation {obs_key!r} must be [C, 64, 64] or [obs_dim], got {shape}.")
+        raise ValueError(f"make_world_model: observation {obs_key!r} must be [C, H, W] or [obs_dim], got {shape}.")
     prior = RSSMPrior(action_spec, hidden_dim=hidden_dim, rnn_hidden_dim=belief_dim, state_dim=state_dim,
                       scale_lb=min_std, device=device)
     posterior = RSSMPosterior(hidden_dim=hidden_dim, state_dim=state_dim, scale_lb=min_std,

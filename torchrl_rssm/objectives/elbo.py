@@ -369,7 +369,8 @@ class RSSMLoss(LossModule):
         if isinstance(encoder, MLPEncoder):
             return (encoder.obs_dim,)
         if isinstance(encoder, ConvEncoder) and encoder.in_channels is not None:
-            return (encoder.in_channels, 64, 64)  # our ConvDecoder always emits 64x64
+            size = getattr(encoder, "image_size", None)  # make_world_model sets the spec's (H, W)
+            return (encoder.in_channels, *size) if size is not None else None
         return None
 
     def _check_inputs(self, td: TensorDictBase) -> None:
