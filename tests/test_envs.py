@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
-from torchrl.data import Composite, Unbounded, UnboundedDiscrete  # noqa: E402
+from torchrl.data import Composite, OneHot, Unbounded, UnboundedDiscrete  # noqa: E402
 from torchrl.envs import TensorDictPrimer  # noqa: E402
 from torchrl.envs.utils import check_env_specs  # noqa: E402
 
@@ -17,6 +17,7 @@ from torchrl_rssm.envs import (  # noqa: E402
     PAPER_TASKS,
     BitDepth,
     Dequantize,
+    GrayScalePixels,
     ResizePixels,
     available_envs,
     make_env,
@@ -249,3 +250,177 @@ def test_unknown_names_and_bad_arguments():
         make_env("dmc:cartpole-swingup", max_episode_steps=-1)
     with pytest.raises(TypeError, match="primers"):
         make_env("dmc:cartpole-swingup", from_pixels=False, primers=[object()])
+
+
+# -------------------------------------------------------------- grayscale
+def test_grayscale_pixels_values_spec_and_errors():
+    rgb = torch.randint(0, 256, (2, 4, 3, 5, 6), dtype=torch.uint8)
+    out = GrayScalePixels()(TensorDict(pixels=rgb, batch_size=[2, 4]))["pixels"]
+    r, g, b = rgb.double().unbind(-3)
+    expected = (0.2989 * r + 0.587 * g + 0.114 * b).round().unsqueeze(-3)
+    assert out.dtype == torch.uint8 and out.shape == (2, 4, 1, 5, 6)
+    assert (out.double() - expected).abs().max() <= 1  # float32 rounding at .5 boundaries
+    assert (out.double() == expected).float().mean() > 0.99
+    white = torch.full((3, 2, 2), 255, dtype=torch.uint8)
+    assert (GrayScalePixels()._apply_transform(white) == 255).all()
+    one = torch.randint(0, 256, (1, 5, 5), dtype=torch.uint8)
+    assert GrayScalePixels()._apply_transform(one) is one
+    spec = GrayScalePixels().transform_observation_spec(Composite(pixels=Unbounded((3, 96, 80), dtype=torch.uint8)))
+    assert spec["pixels"].shape == (1, 96, 80) and spec["pixels"].dtype == torch.uint8
+    with pytest.raises(ValueError, match=r"channels-first \[\*B, 3, H, W\]"):
+        GrayScalePixels()._apply_transform(torch.zeros(5, 5, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        GrayScalePixels()._apply_transform(torch.zeros(3, 5, 5))
+
+
+# ------------------------------------------------- environment kwargs (dmc)
+def test_dmc_env_kwargs_and_grayscale():
+    short = make_env("dmc:cartpole-swingup", from_pixels=False, env_kwargs={"time_limit": 2})
+    assert short.max_episode_steps == 25  # 2 s / 0.01 s = 200 physics steps, repeat 8
+    with pytest.raises(ValueError, match="env_kwargs"):
+        make_env("dmc:cartpole-swingup", from_pixels=False, env_kwargs={"no_such_kwarg": 1})
+    with pytest.raises(ValueError, match="seed"):
+        make_env("dmc:cartpole-swingup", seed=0, env_kwargs={"random": 1})
+    rgb = make_env("dmc:cartpole-swingup", seed=0, bit_depth=None, image_size=(48, 80))
+    gray = make_env("dmc:cartpole-swingup", seed=0, bit_depth=None, image_size=(48, 80), grayscale=True)
+    assert gray.observation_spec["pixels"].shape == (1, 48, 80)
+    a, b = rgb.reset()["pixels"], gray.reset()["pixels"]  # same seed, same first frame
+    assert a.shape == (3, 48, 80) and b.shape == (1, 48, 80)
+    torch.testing.assert_close(b, GrayScalePixels()._apply_transform(a), rtol=0, atol=0)
+    check_env_specs(gray)
+
+
+# ------------------------------------------ Gymnasium envs that observe images
+class _ToyImage(gymnasium.Env):
+    """Native image observations (no render): ``Box(0, 255, shape, uint8)``, ``Discrete(n)`` actions.
+
+    Pixel (i, j, c) of the observation at step t is ``(offset + t + 10 i + j + 50 c) % 256``
+    (channels-last), so layout changes are checked value by value.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, shape=(60, 70, 3), n=4, offset=0, render_mode=None):
+        self.shape, self.offset, self.t = tuple(shape), offset, 0
+        self.observation_space = gymnasium.spaces.Box(0, 255, self.shape, np.uint8)
+        self.action_space = gymnasium.spaces.Discrete(n)
+        self.render_mode = render_mode
+
+    def _obs(self):
+        idx = np.indices(self.shape).astype(np.int64)
+        value = self.offset + self.t + 10 * idx[0] + idx[1]
+        if len(self.shape) == 3:
+            value = value + 50 * idx[2]
+        return (value % 256).astype(np.uint8)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), False, False, {}
+
+
+def _register_toy_image():
+    if "ToyImage-v0" not in gymnasium.registry:
+        gymnasium.register("ToyImage-v0", entry_point=_ToyImage, max_episode_steps=30)
+
+
+def test_gym_native_image_env_channels_first_uint8_and_env_kwargs():
+    _register_toy_image()
+    env = make_env("gym:ToyImage-v0", image_size=(60, 70), bit_depth=None, env_kwargs={"offset": 7, "n": 3})
+    spec = env.observation_spec["pixels"]
+    assert spec.shape == (3, 60, 70) and spec.dtype == torch.uint8
+    assert isinstance(env.action_spec, OneHot) and env.action_spec.shape == (3,)
+    check_env_specs(env)
+    td = env.rollout(4)
+    raw = _ToyImage((60, 70, 3), offset=7)
+    raw.reset()
+    for t in range(4):
+        expected = torch.from_numpy(raw._obs()).permute(2, 0, 1)  # env_kwargs reached the constructor
+        assert torch.equal(td["pixels"][t], expected), t
+        raw.step(0)
+    # one-hot actions flow to the env: reward = the action's index
+    assert torch.equal(td["next", "reward"].squeeze(-1), td["action"].float().argmax(-1).float())
+    # resized (default 64), grayscale, bit depth: still channels-first uint8
+    small = make_env("gym:ToyImage-v0", grayscale=True)
+    px = small.reset()["pixels"]
+    assert px.shape == (1, 64, 64) and px.dtype == torch.uint8 and (px % 8 == 0).all()
+    check_env_specs(small)
+
+
+def test_gym_native_grayscale_hw_image_under_observation_key():
+    if "ToyImageHW-v0" not in gymnasium.registry:
+        gymnasium.register("ToyImageHW-v0", entry_point=_ToyImage, kwargs={"shape": (50, 52)})
+    env = make_env("gym:ToyImageHW-v0", image_size=(50, 52), bit_depth=None)
+    assert set(env.observation_spec.keys()) >= {"pixels"} and "observation" not in env.observation_spec.keys()
+    px = env.reset()["pixels"]
+    raw = _ToyImage((50, 52))
+    raw.reset()
+    assert px.shape == (1, 50, 52) and torch.equal(px[0], torch.from_numpy(raw._obs()))
+    check_env_specs(env)
+
+
+def test_gym_native_image_bad_arguments_are_named():
+    _register_toy_image()
+    with pytest.raises(ValueError, match="from_pixels=True"):
+        make_env("gym:ToyImage-v0", from_pixels=False)
+    with pytest.raises(ValueError, match="grayscale=True needs from_pixels"):
+        make_env("gym:Pendulum-v1", from_pixels=False, grayscale=True)
+    with pytest.raises(ValueError, match="action_repeat"):
+        make_env("gym:ToyImage-v0", env_kwargs={"frame_skip": 2})
+    with pytest.raises(ValueError, match="env_kwargs.*gymnasium.make"):
+        make_env("gym:ToyImage-v0", env_kwargs={"no_such_kwarg": 2})
+    with pytest.raises(ValueError, match="env_kwargs must be a dict"):
+        make_env("gym:ToyImage-v0", env_kwargs=[("offset", 1)])
+    with pytest.raises(ValueError, match="image_size"):
+        make_env("gym:ToyImage-v0", image_size=(64, 0))
+    with pytest.raises(ValueError, match="grayscale must be a bool"):
+        make_env("gym:ToyImage-v0", grayscale="yes")
+
+
+def test_carracing_discrete_grayscale_96_trains_and_plans():
+    """A Gymnasium image env with discrete actions end to end: env_kwargs, grayscale, 96x96 images,
+    a few RSSMLoss + Adam updates on collected data, then planning with CEM (one-hot actions)."""
+    from functools import partial
+
+    from torchrl_rssm.envs import dequantize
+    from torchrl_rssm.modules import make_world_model
+    from torchrl_rssm.objectives import RSSMLoss
+    from torchrl_rssm.planners import PlaNetPolicy
+
+    torch.manual_seed(0)
+    env = make_env("gym:CarRacing-v3", env_kwargs={"continuous": False}, grayscale=True, image_size=96,
+                   action_repeat=2, max_episode_steps=6, seed=0)
+    assert env.observation_spec["pixels"].shape == (1, 96, 96) and env.observation_spec["pixels"].dtype == torch.uint8
+    assert isinstance(env.action_spec, OneHot) and env.action_spec.shape == (5,)
+    wm = make_world_model(env.observation_spec, env.action_spec, state_dim=4, belief_dim=8, hidden_dim=8, channels=4)
+    assert wm.encoder.output_dim() == 32 * 4 * 4  # 96 -> 47 -> 22 -> 10 -> 4
+    policy = PlaNetPolicy(wm, action_spec=env.action_spec, planning_horizon=3, optim_steps=2, num_candidates=12,
+                          top_k=3, observation_transform=partial(dequantize, bits=5))
+    env.append_transform(policy.make_tensordict_primer())
+    data = env.rollout(6, policy)
+    assert data.shape == (6,) and data["next", "truncated"][-1].item()
+    action = data["action"]
+    assert ((action == 0) | (action == 1)).all() and (action.sum(-1) == 1).all()
+    assert env.action_spec.is_in(action[0])
+
+    loss_fn = RSSMLoss(wm)
+    optim = torch.optim.Adam(wm.parameters(), lr=3e-3)
+    batch = data.exclude("state", "belief", ("next", "state"), ("next", "belief")).unsqueeze(0)  # [B=1, T=6]
+    reco_errors = []
+    for _ in range(4):
+        out = loss_fn(batch)
+        total = sum(v for k, v in out.items() if k.startswith("loss_"))
+        assert torch.isfinite(total)
+        optim.zero_grad()
+        total.backward()
+        assert all(p.grad is not None for p in wm.encoder.parameters())
+        optim.step()
+        reco_errors.append(out["reco_error"].item())
+    assert reco_errors[-1] < reco_errors[0]
+    # plan again with the trained model
+    more = env.rollout(3, policy)
+    assert more["action"].shape == (3, 5) and (more["action"].sum(-1) == 1).all()

@@ -3,8 +3,10 @@
 :func:`make_env` builds a :class:`~torchrl.envs.TransformedEnv` with PlaNet's
 preprocessing done by TorchRL transforms::
 
-    base env (action repeat inside)          dm_control / Gymnasium
-    -> PermuteTransform / ResizePixels       pixels: uint8 [3, 64, 64]   ("pixels")
+    base env (action repeat inside)          dm_control / Gymnasium (env_kwargs to its constructor)
+    -> PermuteTransform / ResizePixels       pixels: uint8 [3, H, W] ("pixels"), channels-first,
+                                             rendered, or the env's own image observation resized
+    -> GrayScalePixels (grayscale=True)      uint8 [1, H, W]
     -> BitDepth(bit_depth)                   uint8, on the 2**bit_depth grid
     -> CatTensors                            vector obs -> float "observation"
     -> DoubleToFloat                         float64 obs/action/reward -> float32
@@ -38,6 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchrl.envs import (  # noqa: E402
     CatTensors,
+    RenameTransform,
+    UnsqueezeTransform,
     DoubleToFloat,
     EnvBase,
     ExcludeTransform,
@@ -49,7 +53,7 @@ from torchrl.envs import (  # noqa: E402
     TransformedEnv,
 )
 
-from .transforms import BitDepth, ResizePixels  # noqa: E402
+from .transforms import BitDepth, GrayScalePixels, ResizePixels  # noqa: E402
 
 __all__ = ["DEFAULT_ACTION_REPEAT", "PAPER_TASKS", "available_envs", "make_env"]
 
@@ -201,17 +205,29 @@ def _vector_keys(env: EnvBase, exclude: Sequence[str] = ("pixels",)) -> list:
     return [k for k in env.observation_spec.keys(True, True) if k not in exclude]
 
 
-def _make_dmc(domain, task, *, from_pixels, action_repeat, image_size, camera_id, pixels_only, seed, device):
+def _make_dmc(domain, task, *, from_pixels, action_repeat, image_size, camera_id, pixels_only, seed, device,
+              env_kwargs):
     from dm_control import suite
     from torchrl.envs import DMControlWrapper
 
-    task_kwargs = {"random": seed} if seed is not None else {}
-    env = suite.load(domain, task, task_kwargs=task_kwargs)
+    task_kwargs = dict(env_kwargs)
+    if seed is not None:
+        if "random" in task_kwargs:
+            raise ValueError("make_env: give either seed or env_kwargs['random'] for a dm_control task, not both.")
+        task_kwargs["random"] = seed
+    try:
+        env = suite.load(domain, task, task_kwargs=task_kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"make_env: env_kwargs={env_kwargs!r} are not accepted by the dm_control task {domain}-{task} "
+            f"({err}); they are passed as suite.load(..., task_kwargs=env_kwargs), e.g. {{'time_limit': 10}} "
+            "or {'environment_kwargs': {...}}."
+        ) from err
     step_limit = float(getattr(env, "_step_limit", float("inf")))
     if from_pixels:
         if camera_id is None:
             camera_id = 2 if domain == "quadruped" else 0
-        render_kwargs = dict(height=image_size, width=image_size, camera_id=camera_id)
+        render_kwargs = dict(height=image_size[0], width=image_size[1], camera_id=camera_id)
         env = _action_repeat_pixels_cls()(env, action_repeat, pixels_only=pixels_only, render_kwargs=render_kwargs)
         base = DMControlWrapper(env, device=device)
     else:
@@ -226,15 +242,74 @@ def _make_dmc(domain, task, *, from_pixels, action_repeat, image_size, camera_id
     return base, transforms, env_steps
 
 
-def _make_gym(gym_id, *, from_pixels, action_repeat, image_size, pixels_only, device):
+def _native_image(spec) -> tuple[Any, str] | None:
+    """The key and layout of an image observation the env itself returns, if any.
+
+    An image is a ``uint8`` entry of shape ``[H, W, C]`` with ``C`` in 1..4
+    (``"channels_last"``), ``[C, H, W]`` (``"channels_first"``) or ``[H, W]``
+    (``"hw"``, e.g. Atari grayscale). TorchRL's ``GymEnv`` names an RGB ``Box(0, 255,
+    (H, W, 3))`` observation ``"pixels"``, which is preferred.
+    """
+    found = []
+    for key in spec.keys(True, True):
+        leaf, shape = spec[key], tuple(spec[key].shape)
+        if leaf.dtype != torch.uint8 or len(shape) not in (2, 3):
+            continue
+        if len(shape) == 2:
+            layout = "hw"
+        elif shape[-1] <= 4:
+            layout = "channels_last"
+        elif shape[0] <= 4:
+            layout = "channels_first"
+        else:
+            continue
+        found.append((key, layout))
+    found.sort(key=lambda kl: kl[0] != "pixels")
+    return found[0] if found else None
+
+
+_GYM_RESERVED = {"frame_skip": "action_repeat", "device": "device", "from_pixels": "from_pixels",
+                 "pixels_only": "pixels_only"}
+
+
+def _make_gym(gym_id, *, from_pixels, action_repeat, image_size, pixels_only, device, env_kwargs):
     from torchrl.envs import GymEnv
     from torchrl.record import PixelRenderTransform
 
+    for key, arg in _GYM_RESERVED.items():
+        if key in env_kwargs:
+            raise ValueError(f"make_env: env_kwargs must not contain {key!r}; use make_env's {arg} argument.")
     kwargs = {"render_mode": "rgb_array"} if from_pixels else {}
-    base = GymEnv(gym_id, frame_skip=action_repeat, device=device, **kwargs)
+    kwargs.update(env_kwargs)
+    try:
+        base = GymEnv(gym_id, frame_skip=action_repeat, device=device, **kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"make_env: env_kwargs={env_kwargs!r} are not accepted by the Gymnasium env {gym_id!r} ({err}); "
+            "they are passed to gymnasium.make (the env's constructor), e.g. {'continuous': False}."
+        ) from err
     transforms: list[Transform] = []
-    vec = _vector_keys(base)
-    if from_pixels:
+    native = _native_image(base.observation_spec)
+    vec = _vector_keys(base, exclude=["pixels"] + ([native[0]] if native else []))
+    if native is not None:
+        key, layout = native
+        if not from_pixels:
+            raise ValueError(
+                f"make_env: the Gymnasium env {gym_id!r} observes images itself ({key!r}, shape "
+                f"{tuple(base.observation_spec[key].shape)}); use from_pixels=True (its own image is used, "
+                "channels-first and resized to image_size)."
+            )
+        if key != "pixels":
+            transforms.append(RenameTransform(in_keys=[key], out_keys=["pixels"]))
+        if layout == "hw":
+            transforms.append(UnsqueezeTransform(dim=-1, in_keys=["pixels"]))
+        transforms.append(ResizePixels(image_size, channels_last=layout != "channels_first"))
+    elif from_pixels:
+        if kwargs.get("render_mode") != "rgb_array":
+            raise ValueError(
+                f"make_env: env_kwargs render_mode={kwargs.get('render_mode')!r} cannot give pixels for "
+                f"{gym_id!r}; from_pixels=True renders with render_mode='rgb_array' (leave render_mode out)."
+            )
         try:
             base.reset()
             frame = base._env.render()
@@ -247,8 +322,8 @@ def _make_gym(gym_id, *, from_pixels, action_repeat, image_size, pixels_only, de
             ) from err
         render = PixelRenderTransform(out_keys=["pixels"], preproc=_frame_to_tensor, as_non_tensor=False)
         transforms += [render, ResizePixels(image_size, channels_last=True)]
-        if pixels_only and vec:
-            transforms.append(ExcludeTransform(*vec))
+    if from_pixels and pixels_only and vec:
+        transforms.append(ExcludeTransform(*vec))
     if vec and not (from_pixels and pixels_only) and vec != ["observation"]:
         transforms.append(CatTensors(in_keys=vec, out_key="observation", del_keys=True))
     spec = getattr(getattr(base._env, "spec", None), "max_episode_steps", None)
@@ -266,8 +341,10 @@ def make_env(
     device: torch.device | str = "cpu",
     primers: Transform | Sequence[Transform] | None = None,
     pixels_only: bool = True,
-    image_size: int = 64,
+    image_size: int | tuple[int, int] = 64,
     camera_id: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    grayscale: bool = False,
 ) -> TransformedEnv:
     """Builds a dm_control or Gymnasium task with PlaNet's preprocessing as TorchRL transforms.
 
@@ -277,7 +354,10 @@ def make_env(
             Gymnasium id. See :func:`available_envs` and :data:`PAPER_TASKS`.
         from_pixels: observe ``uint8`` ``[3, image_size, image_size]`` images under
             ``"pixels"``; ``False`` gives a float32 vector under ``"observation"``
-            (dm_control's observation dict concatenated).
+            (dm_control's observation dict concatenated). For a Gymnasium env whose
+            own observation is an image (e.g. ``CarRacing-v3``, Atari) that image is
+            used, made channels-first ``uint8`` and resized to ``image_size`` (no
+            rendering); such an env needs ``from_pixels=True``.
         action_repeat: environment steps per agent step (reward summed). Default:
             PlaNet's value for the dm_control domain (:data:`DEFAULT_ACTION_REPEAT`),
             else 1.
@@ -293,8 +373,22 @@ def make_env(
             e.g. the acting policy's ``make_tensordict_primer()``.
         pixels_only: with ``from_pixels``, drop the vector observation (``False``
             keeps both ``"pixels"`` and ``"observation"``).
-        image_size: rendered image side (the conv encoder needs 64).
+        image_size: image side, or ``(height, width)``: rendered at that size
+            (dm_control), else resized to it with
+            :func:`torch.nn.functional.interpolate`. PlaNet: 64; the conv stacks of
+            :func:`~torchrl_rssm.modules.make_world_model` take sides >= 46.
         camera_id: dm_control camera (default 0; 2 for quadruped).
+        env_kwargs: keyword arguments for the environment's constructor.
+            Gymnasium: passed to ``gymnasium.make(id, **env_kwargs)`` (through
+            TorchRL's ``GymEnv``), e.g. ``{"continuous": False}`` for
+            ``CarRacing-v3``; ``frame_skip``, ``device``, ``from_pixels`` and
+            ``pixels_only`` are make_env's own arguments and refused here.
+            dm_control: passed as ``suite.load(domain, task,
+            task_kwargs=env_kwargs)``, i.e. to the task's factory, e.g.
+            ``{"time_limit": 10}`` or ``{"environment_kwargs": {"flat_observation":
+            True}}``; ``"random"`` conflicts with ``seed``.
+        grayscale: one-channel ``uint8`` ``[1, H, W]`` pixels (BT.601 luma,
+            :class:`~torchrl_rssm.envs.GrayScalePixels`). Needs ``from_pixels``.
 
     Returns:
         A ``TransformedEnv`` with the extra attributes ``action_repeat`` and
@@ -311,13 +405,28 @@ def make_env(
         (torch.Size([3, 3, 64, 64]), torch.uint8, 8, 125)
         >>> make_env("gym:Pendulum-v1", from_pixels=False).observation_spec["observation"].shape
         torch.Size([3])
+        >>> car = make_env("gym:CarRacing-v3", env_kwargs={"continuous": False},  # doctest: +SKIP
+        ...                grayscale=True, image_size=96)
+        >>> car.observation_spec["pixels"].shape, car.action_spec.shape  # doctest: +SKIP
+        (torch.Size([1, 96, 96]), torch.Size([5]))
     """
     backend, a, b = _parse_name(name)
     action_repeat = _check_positive_int(action_repeat, "action_repeat")
     if action_repeat is None:
         action_repeat = DEFAULT_ACTION_REPEAT.get(a, 1) if backend == "dmc" else 1
     max_episode_steps = _check_positive_int(max_episode_steps, "max_episode_steps")
-    image_size = _check_positive_int(image_size, "image_size", allow_none=False)
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        image_size = tuple(_check_positive_int(v, "image_size", allow_none=False) for v in image_size)
+    else:
+        image_size = (_check_positive_int(image_size, "image_size", allow_none=False),) * 2
+    if env_kwargs is None:
+        env_kwargs = {}
+    elif not isinstance(env_kwargs, dict) or not all(isinstance(k, str) for k in env_kwargs):
+        raise ValueError(f"make_env: env_kwargs must be a dict with str keys or None, got {env_kwargs!r}.")
+    if not isinstance(grayscale, bool):
+        raise ValueError(f"make_env: grayscale must be a bool, got {grayscale!r}.")
+    if grayscale and not from_pixels:
+        raise ValueError("make_env: grayscale=True needs from_pixels=True (it converts the pixels).")
     if bit_depth is not None:
         if isinstance(bit_depth, bool) or not isinstance(bit_depth, int) or not 1 <= bit_depth <= 8:
             raise ValueError(f"make_env: bit_depth must be an int in [1, 8] or None, got {bit_depth!r}.")
@@ -338,16 +447,18 @@ def make_env(
     if backend == "dmc":
         base, transforms, env_steps = _make_dmc(
             a, b, from_pixels=from_pixels, action_repeat=action_repeat, image_size=image_size,
-            camera_id=camera_id, pixels_only=pixels_only, seed=seed, device=device,
+            camera_id=camera_id, pixels_only=pixels_only, seed=seed, device=device, env_kwargs=env_kwargs,
         )
     else:
         base, transforms, env_steps = _make_gym(
             a, from_pixels=from_pixels, action_repeat=action_repeat, image_size=image_size,
-            pixels_only=pixels_only, device=device,
+            pixels_only=pixels_only, device=device, env_kwargs=env_kwargs,
         )
     if max_episode_steps is None and env_steps is not None:
         max_episode_steps = max(1, env_steps // action_repeat)
 
+    if grayscale:
+        transforms.append(GrayScalePixels(in_keys=["pixels"]))
     if from_pixels and bit_depth is not None and bit_depth < 8:
         transforms.append(BitDepth(bit_depth, in_keys=["pixels"]))
     transforms += [DoubleToFloat(), StepCounter(max_steps=max_episode_steps), RewardSum(), InitTracker()]

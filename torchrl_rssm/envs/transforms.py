@@ -11,9 +11,11 @@
   storage keeps ``uint8``.
 * :class:`ResizePixels` resizes ``uint8`` images with
   :func:`torch.nn.functional.interpolate` (TorchRL's ``Resize`` needs
-  torchvision).
+  torchvision), and turns channels-last images channels-first.
+* :class:`GrayScalePixels` maps ``uint8`` RGB ``[*B, 3, H, W]`` to one-channel
+  ``uint8`` ``[*B, 1, H, W]`` (TorchRL's ``GrayScale`` needs torchvision).
 
-All three accept any number of leading batch dimensions.
+All four accept any number of leading batch dimensions.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from tensordict.utils import NestedKey
 from torchrl.data import Bounded, TensorSpec
 from torchrl.envs.transforms import Transform
 
-__all__ = ["BitDepth", "Dequantize", "ResizePixels"]
+__all__ = ["BitDepth", "Dequantize", "GrayScalePixels", "ResizePixels"]
 
 # Largest float32 strictly below 0.5: Dequantize clamps to it, because
 # q / 2**b - 0.5 + u / 2**b with u close to 1 rounds up to 0.5 in float32.
@@ -272,3 +274,64 @@ class ResizePixels(_PixelTransform):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, channels_last={self.channels_last}, in_keys={self.in_keys})"
+
+
+class GrayScalePixels(_PixelTransform):
+    """Converts ``uint8`` RGB images ``[*B, 3, H, W]`` to grayscale ``uint8`` ``[*B, 1, H, W]``.
+
+    Luma with ITU-R BT.601 weights, as torchvision's ``rgb_to_grayscale`` (which
+    TorchRL's ``GrayScale`` calls): ``0.2989 R + 0.587 G + 0.114 B``, rounded to
+    the nearest integer. One-channel input passes unchanged. Channels-first
+    input: put it after :class:`ResizePixels` for channels-last frames.
+
+    Args:
+        in_keys: image entries (default ``["pixels"]``).
+        out_keys: where to write them (default: in place).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> img = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 2, 2)
+        >>> GrayScalePixels()(TensorDict(pixels=img))["pixels"]
+        tensor([[[76, 76],
+                 [76, 76]]], dtype=torch.uint8)
+    """
+
+    WEIGHTS = (0.2989, 0.587, 0.114)
+
+    def __init__(
+        self,
+        in_keys: NestedKey | Sequence[NestedKey] | None = None,
+        out_keys: NestedKey | Sequence[NestedKey] | None = None,
+    ):
+        in_keys = _as_key_list(in_keys, ["pixels"])
+        out_keys = _as_key_list(out_keys, in_keys)
+        if len(out_keys) != len(in_keys):
+            raise ValueError(
+                f"GrayScalePixels: in_keys and out_keys must have the same length, got {in_keys} and {out_keys}."
+            )
+        super().__init__(in_keys=in_keys, out_keys=out_keys)
+
+    @staticmethod
+    def _check(shape: Sequence[int], dtype: torch.dtype, what: str) -> None:
+        if dtype != torch.uint8 or len(shape) < 3 or shape[-3] not in (1, 3):
+            raise ValueError(
+                f"GrayScalePixels: {what} must be uint8 channels-first [*B, 3, H, W] (or [*B, 1, H, W]), "
+                f"got shape {tuple(shape)} and dtype {dtype}."
+            )
+
+    def _apply_transform(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._check(pixels.shape, pixels.dtype, "pixels")
+        if pixels.shape[-3] == 1:
+            return pixels
+        w = torch.tensor(self.WEIGHTS, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        gray = (pixels.to(torch.float32) * w).sum(-3, keepdim=True)
+        return gray.round_().clamp_(0, 255).to(torch.uint8)
+
+    def _out_spec(self, in_key: NestedKey, spec: TensorSpec) -> TensorSpec:
+        self._check(spec.shape, spec.dtype, f"the spec of {in_key!r}")
+        shape = (*spec.shape[:-3], 1, *spec.shape[-2:])
+        return Bounded(low=0, high=255, shape=shape, dtype=torch.uint8, device=spec.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(in_keys={self.in_keys}, out_keys={self.out_keys})"
