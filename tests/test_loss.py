@@ -58,8 +58,9 @@ def zero_noise_observe(monkeypatch, wm):
     """Makes the posterior samples deterministic (state = mean), for exact comparisons."""
     observe = wm.rollout.observe
 
-    def det(embedding, action, is_init=None, start=None, noise=None):
-        return observe(embedding, action, is_init, start, torch.zeros(*action.shape[:-1], S))
+    def det(embedding, action, is_init=None, start=None, noise=None, init_embedding=None, init_noise=None):
+        zeros = torch.zeros(*action.shape[:-1], S)
+        return observe(embedding, action, is_init, start, zeros, init_embedding=init_embedding, init_noise=zeros)
 
     monkeypatch.setattr(wm.rollout, "observe", det)
 
