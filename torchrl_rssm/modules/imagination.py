@@ -65,28 +65,33 @@ def rollout_prior(
     if noise is not None and sample:
         noise = noise.reshape(horizon, N, -1).unbind(0)  # unbind, not [t]: O(H) backward, not O(H^2)
     actions = action.unbind(0) if action is not None else None
-    act_proj = None
+    # the path is chosen once, before the loop: one step function of (state, belief, a_t, t)
     if ours:
         step = step if step is not None else prior.step_projected
         if action is not None:  # the action's share of the first layer: one matmul over all steps
             w_state, act_proj = prior.project_action(action)
             act_proj = act_proj.unbind(0)
         else:
-            w_state = prior.project_action(state.new_zeros(1, prior.action_dim))[0]
+            w_state, act_proj = prior.project_action(state.new_zeros(1, prior.action_dim))[0], None
+
+        def advance(s, h, a_t, t):
+            a_proj = act_proj[t] if act_proj is not None else prior.project_action(a_t)[1]
+            if sample:
+                return step(s, h, a_proj, w_state, noise[t])
+            h = prior.transition_projected(s, h, a_proj, w_state)
+            mean, std = prior.stats(h)
+            return mean, h, mean, std
+    else:  # a foreign prior with TorchRL's convention, stepped as it is
+
+        def advance(s, h, a_t, t):
+            mean, std, drawn, h = prior(s, h, a_t)
+            s = (drawn if noise is None else mean + std * noise[t]) if sample else mean
+            return s, h, mean, std
+
     outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_mean", "prior_std", "action")}
     for t in range(horizon):
         a_t = actions[t] if actions is not None else policy(state, belief).reshape(N, -1)
-        if ours:
-            a_proj = act_proj[t] if act_proj is not None else prior.project_action(a_t)[1]
-            if sample:
-                state, belief, mean, std = step(state, belief, a_proj, w_state, noise[t])
-            else:
-                belief = prior.transition_projected(state, belief, a_proj, w_state)
-                mean, std = prior.stats(belief)
-                state = mean
-        else:
-            mean, std, drawn, belief = prior(state, belief, a_t)
-            state = (drawn if noise is None else mean + std * noise[t]) if sample else mean
+        state, belief, mean, std = advance(state, belief, a_t, t)
         for k, v in zip(outs, (belief, state, mean, std, a_t)):
             outs[k].append(v)
     return {k: torch.stack(v) for k, v in outs.items()}
