@@ -149,6 +149,10 @@ def test_bad_input_is_named():
                           is_init=torch.zeros(2, 1, dtype=torch.bool), batch_size=[2]))
     with pytest.raises(ValueError, match="exploration_noise"):
         make_policy(exploration_noise=-1.0)
+    with pytest.raises(ValueError, match="exploration_noise"):
+        policy.exploration_noise = -0.5
+    policy.exploration_noise = 0.1  # settable, as a plain attribute was
+    assert policy.exploration.scale == 0.1
     with pytest.raises(TypeError, match="world_model"):
         PlaNetPolicy(object(), action_spec=Bounded(-1, 1, (1,)))
     wm = policy.world_model

@@ -116,6 +116,12 @@ class DreamerPolicy(TensorDictModuleBase):
     def exploration_noise(self) -> float:
         return self.exploration.scale
 
+    @exploration_noise.setter
+    def exploration_noise(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"`exploration_noise` must be >= 0, got {value}.")
+        self.exploration.scale = float(value)
+
     def make_tensordict_primer(self):
         """A ``TensorDictPrimer`` declaring ``state`` and ``belief`` with zeros (see :class:`BeliefFilter`)."""
         return self.belief_filter.make_tensordict_primer()

@@ -120,6 +120,12 @@ class PlaNetPolicy(TensorDictModuleBase):
     def exploration_noise(self) -> float:
         return self.exploration.scale
 
+    @exploration_noise.setter
+    def exploration_noise(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"`exploration_noise` must be >= 0, got {value}.")
+        self.exploration.scale = float(value)
+
     @property
     def observation_transform(self):
         return self.belief_filter.observation_transform
