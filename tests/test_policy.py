@@ -196,17 +196,27 @@ def check_training_filter_reproduces(wm, data) -> None:
     assert (no_o0["belief"] - data["next", "belief"]).abs().max() > 1e-3
 
 
-def test_acting_beliefs_equal_training_filter_on_the_collected_data():
+@pytest.mark.parametrize("driver", ["rollout", "collector"])
+def test_acting_beliefs_equal_training_filter_on_the_collected_data(driver):
     torch.manual_seed(0)
-    env = pendulum(max_steps=4)
-    spec = env.action_spec
-    wm = make_world_model(env.observation_spec, spec, state_dim=S, belief_dim=D, hidden_dim=HID, min_std=0.0)
+    env = pendulum(max_steps=4) if driver == "rollout" else TransformedEnv(SerialEnv(2, lambda: pendulum(4)))
+    spec = env.action_spec if driver == "rollout" else env.action_spec_unbatched
+    obs_spec = Composite(observation=Unbounded((OBS,)))
+    wm = make_world_model(obs_spec, spec, state_dim=S, belief_dim=D, hidden_dim=HID, min_std=0.0)
     deterministic_posterior(wm)
-    policy = PlaNetPolicy(wm, action_spec=spec, **SMALL)
+    policy = PlaNetPolicy(wm, action_spec=spec, warm_start=True, **SMALL)
     env.append_transform(policy.make_tensordict_primer())
     env.set_seed(0)
-    with set_exploration_type(ExplorationType.RANDOM):  # noisy actions: the filter must use the executed ones
-        data = env.rollout(10, policy, break_when_any_done=False)
-    is_init = data["is_init"]
-    assert is_init[0] and is_init[4] and is_init[8] and is_init.sum() == 3  # two resets inside the sequence
+    if driver == "rollout":
+        with set_exploration_type(ExplorationType.RANDOM):  # noisy actions: the filter must use the executed ones
+            data = env.rollout(10, policy, break_when_any_done=False)
+    else:  # a TorchRL Collector on two environments (RANDOM by default): data [envs, T]
+        collector = Collector(env, policy, frames_per_batch=20, total_frames=-1)
+        try:
+            data = next(iter(collector)).reshape(2, 10)
+        finally:
+            collector.shutdown()
+    is_init = data["is_init"][..., 0]
+    assert is_init[..., 0].all() and is_init[..., 4].all() and is_init[..., 8].all()
+    assert is_init.sum() == 3 * is_init[..., 0].numel()  # two resets inside each sequence
     check_training_filter_reproduces(wm, data)
