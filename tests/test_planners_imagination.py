@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tensordict import TensorDict
 from torch import nn
-from torchrl.data import Bounded
 
 from planning_problems import A, BOX, D, HID, S, small_networks
 from torchrl_rssm.modules import FastRSSMReturns, RSSMPosterior, RSSMPrior, RSSMRollout, imagine

@@ -5,9 +5,16 @@ stochastic ``state`` s_t (a diagonal Gaussian sample).
 
 - :class:`RSSMPrior`: h_t = f(h_{t-1}, s_{t-1}, a_{t-1});  p(s_t | h_t).
 - :class:`RSSMPosterior`: q(s_t | h_t, e(o_t)).
-- :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence)
-  and ``imagine`` (prior-only open loop), as tensor loops. As a TensorDict module it
-  reads and writes the same keys as TorchRL's ``RSSMRollout``.
+- :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence,
+  episodes starting from their first observation filtered) and ``imagine`` (prior-only
+  open loop, run by the imagination engine :mod:`torchrl_rssm.modules.imagination`), as
+  tensor loops. As a TensorDict module it reads and writes the same keys as TorchRL's
+  ``RSSMRollout``.
+
+The prior transition is written once (:meth:`RSSMPrior.project_action` +
+:meth:`RSSMPrior.transition_projected`); filtering, imagination, the acting belief filter
+and overshooting all step through it. Only the planners' fused no-grad scorer
+(``imagination.FastRSSMReturns``) spells it out again, tied to it by a test.
 
 The prior and posterior accept the constructor arguments and call convention of
 TorchRL's :class:`~torchrl.modules.RSSMPrior` / :class:`~torchrl.modules.RSSMPosterior`
