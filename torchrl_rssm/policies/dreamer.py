@@ -129,9 +129,10 @@ class DreamerPolicy(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         self.belief_filter(tensordict)  # s_t, h_t
         with torch.no_grad():
-            # the actor sees the latents only: its other outputs (loc, scale, log-prob) stay out of the data
-            latent = tensordict.select(self.state_key, self.belief_key)
-            action = self.actor(latent).get(self.action_key)
+            # the actor runs on a selection of its inputs: its other outputs (loc, scale, log-prob) stay
+            # out of the collected data
+            inputs = tensordict.select(*self.actor.in_keys, strict=False)
+            action = self.actor(inputs).get(self.action_key)
             action = self.exploration(action)
         tensordict.set(self.action_key, action)
         model_action = self.space.to_model(action, tensordict.get(self.belief_key).dtype)
