@@ -125,6 +125,8 @@ def test_bad_input_is_named():
         DreamerPolicy(wm, policy.actor, exploration_noise=-0.1)
     with pytest.raises(KeyError, match="InitTracker"):
         policy(TensorDict(observation=torch.randn(2, OBS), batch_size=[2]))
+    with pytest.raises(ValueError, match=r"is_init.*\[\*B, 1\]"):
+        policy.belief_filter.filter(torch.randn(2, OBS), None, torch.zeros(2, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("kind", ["planet", "dreamer"])

@@ -139,7 +139,9 @@ class BeliefFilter(TensorDictModuleBase):
         (``None``: zeros) and ``is_init [*B, 1]``. ``noise [*B, S]`` fixes the posterior sample."""
         rollout = self.rollout
         p = next(rollout.prior.parameters())
-        batch = is_init.shape[:-1] if is_init.ndim and is_init.shape[-1] == 1 else is_init.shape
+        if is_init.ndim < 1 or is_init.shape[-1] != 1:
+            raise ValueError(f"`{self.is_init_key}` must have shape [*B, 1] (InitTracker's), got {tuple(is_init.shape)}.")
+        batch = is_init.shape[:-1]
         if belief is None:  # no primer: the carried belief starts at zeros, like the primer's
             belief = torch.zeros(*batch, self.belief_dim, device=p.device, dtype=p.dtype)
         if belief.shape[len(batch):] != (self.belief_dim,):
