@@ -58,8 +58,9 @@ def zero_noise_observe(monkeypatch, wm):
     """Makes the posterior samples deterministic (state = mean), for exact comparisons."""
     observe = wm.rollout.observe
 
-    def det(embedding, action, is_init=None, start=None, noise=None):
-        return observe(embedding, action, is_init, start, torch.zeros(*action.shape[:-1], S))
+    def det(embedding, action, is_init=None, start=None, noise=None, init_embedding=None, init_noise=None):
+        zeros = torch.zeros(*action.shape[:-1], S)
+        return observe(embedding, action, is_init, start, zeros, init_embedding=init_embedding, init_noise=zeros)
 
     monkeypatch.setattr(wm.rollout, "observe", det)
 
@@ -462,3 +463,62 @@ def test_learning_reduces_loss_and_open_loop_beats_repeat_last_observation(one_t
     # 10-step open-loop prediction: far better than repeating the last observation, and than before
     assert trained < 0.1 * repeat_last, (trained, repeat_last)
     assert trained < 0.25 * untrained, (trained, untrained)
+
+
+# ------------------------------------------------------------ where a sequence starts
+def with_root_observations(td: TensorDict, seed: int = 1) -> TensorDict:
+    """Adds root observations (o_t of row t) and episode starts at rows 0 and 3."""
+    td = td.clone()
+    g = torch.Generator().manual_seed(seed)
+    td["observation"] = torch.randn(*td.batch_size, OBS, generator=g)
+    td["is_init"][:, 0] = td["is_init"][:, 3] = True
+    return td
+
+
+def test_recorded_latents_are_ignored_by_default():
+    """A collector's recorded state/belief (root and next) do not change the loss; chunks start from
+    their first observation filtered. start_from_recorded_latents=True starts from them (TorchRL's way)."""
+    wm = vector_wm()
+    td = with_root_observations(vector_batch())
+    td["is_init"][:, 0] = False  # a sampler that does not flag chunk starts: row 0 would read the recorded latent
+    garbage = td.clone()
+    B, T = td.batch_size
+    for key, dim in (("state", S), ("belief", D)):
+        garbage[key] = torch.randn(B, T, dim) * 100
+        garbage["next", key] = torch.randn(B, T, dim) * 100
+    clean, noisy = run(RSSMLoss(wm), td), run(RSSMLoss(wm), garbage)
+    for k in clean.keys():
+        torch.testing.assert_close(noisy[k], clean[k])
+    recorded = run(RSSMLoss(wm, start_from_recorded_latents=True), garbage)
+    assert (recorded["loss_model_kl"] - run(RSSMLoss(wm), td)["loss_model_kl"]).abs() > 1e-3
+
+
+def test_episode_starts_filter_the_root_observation_at_is_init_rows_only(monkeypatch):
+    """is_init rows start from h = f(0, 0, 0), s ~ q(h, e(o_t)); the encoder sees the root observation of
+    those rows only; a batch without root observations starts them from the zero latent (documented)."""
+    wm = vector_wm()
+    zero_noise_observe(monkeypatch, wm)
+    td = with_root_observations(vector_batch())
+    seen = []
+    wm[0][0].module.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:-1].numel()))
+    out = run(RSSMLoss(wm), td)
+    B, T = td.batch_size
+    assert sorted(seen) == [2 * B, B * T]  # the is_init rows' root observations, then every ("next", obs)
+    # by hand: observe with the embedding of the root observation
+    with torch.no_grad():
+        emb = wm.encoder(td["next", "observation"])
+        post = wm.rollout.observe(emb, td["action"], is_init=td["is_init"], init_embedding=wm.encoder(td["observation"]))
+        kl = gaussian_kl(post["posterior_mean"], post["posterior_std"], post["prior_mean"], post["prior_std"])
+    torch.testing.assert_close(out["kl"], kl.mean())
+    # the root observation matters at is_init rows only
+    other = td.clone()
+    other["observation"][:, 1] += 3.0
+    torch.testing.assert_close(run(RSSMLoss(wm), other)["kl"], out["kl"])
+    other["observation"][:, 3] += 3.0
+    assert (run(RSSMLoss(wm), other)["kl"] - out["kl"]).abs() > 1e-4
+    # no root observation (foreign data): the zero latent at is_init rows
+    foreign = td.exclude("observation")
+    with torch.no_grad():
+        post = wm.rollout.observe(emb, td["action"], is_init=td["is_init"])
+        kl = gaussian_kl(post["posterior_mean"], post["posterior_std"], post["prior_mean"], post["prior_std"])
+    torch.testing.assert_close(run(RSSMLoss(wm), foreign)["kl"], kl.mean())

@@ -49,10 +49,12 @@ def test_collector_carries_and_resets_the_belief(batched):
     is_init = data["is_init"].squeeze(-1)
     assert is_init[:, 0].all() and is_init[:, 6].all() and is_init.sum() == 2 * data.shape[0]
     belief, state = data["belief"], data["state"]
+    h0 = policy.world_model.rollout.initial_belief()
     for episode in (slice(0, 6), slice(6, 12)):
         start, rest = episode.start, range(episode.start + 1, episode.stop)
-        # reset at the episode start: zeros, as in training
-        assert (belief[:, start] == 0).all() and (state[:, start] == 0).all()
+        # episode start: h_0 = f(0, 0, a=0) and the first observation filtered, as in training
+        torch.testing.assert_close(belief[:, start], h0.expand_as(belief[:, start]))
+        assert (state[:, start] != 0).all()
         # the belief changes within the episode (filtered with new observations)
         assert all((belief[:, t] - belief[:, t - 1]).abs().amax(-1).gt(1e-6).all() for t in rest)
         # the carried belief is the previous step's ("next", "belief")
@@ -73,13 +75,13 @@ def test_acting_semantics_of_the_contract():
         out = policy(td.clone())
     torch.manual_seed(1)
     with torch.no_grad():
-        h_t = h * torch.tensor([[0.0], [1.0]])
-        _, _, s_t = rollout.posterior(h_t, wm.encoder(obs))  # the first random draw of a step
-        s_t = s_t * torch.tensor([[0.0], [1.0]])
+        h0 = rollout.prior.transition(torch.zeros(1, S), torch.zeros(1, D), torch.zeros(1, 1))  # f(0, 0, a=0)
+        h_t = torch.cat([h0, h[1:]])
+        mean, std = rollout.posterior.stats(h_t, wm.encoder(obs))
+        s_t = mean + std * torch.randn(2, S)  # the first random draw of a step
         next_belief = rollout.prior.transition(s_t, h_t, out["action"])
-    # is_init: h_t = 0, s_t = 0; otherwise s_t ~ q(h_t, e(o_t)) with the carried h_t
-    assert (out["belief"][0] == 0).all() and (out["state"][0] == 0).all()
-    torch.testing.assert_close(out["belief"][1], h[1])
+    # is_init: h_t = f(0, 0, 0); otherwise the carried h_t; then s_t ~ q(h_t, e(o_t)) in both cases
+    torch.testing.assert_close(out["belief"], h_t)
     torch.testing.assert_close(out["state"], s_t)
     torch.testing.assert_close(out["next", "belief"], next_belief)
 
@@ -147,6 +149,10 @@ def test_bad_input_is_named():
                           is_init=torch.zeros(2, 1, dtype=torch.bool), batch_size=[2]))
     with pytest.raises(ValueError, match="exploration_noise"):
         make_policy(exploration_noise=-1.0)
+    with pytest.raises(ValueError, match="exploration_noise"):
+        policy.exploration_noise = -0.5
+    policy.exploration_noise = 0.1  # settable, as a plain attribute was
+    assert policy.exploration.scale == 0.1
     with pytest.raises(TypeError, match="world_model"):
         PlaNetPolicy(object(), action_spec=Bounded(-1, 1, (1,)))
     wm = policy.world_model
@@ -162,27 +168,55 @@ def test_primer_declares_the_latent():
     assert primer.primers["belief"].shape[-1] == D and primer.primers["plan"].shape[-2:] == (3, 1)
 
 
-def test_acting_beliefs_equal_training_filter_on_the_collected_data():
-    """Acting and training agree on resets: rollout.observe on the collected [T] data (is_init from
-    the env, episodes restarting mid-sequence) reproduces the latents the policy carried."""
-    torch.manual_seed(0)
-    env = pendulum(max_steps=4)
-    spec = env.action_spec
-    wm = make_world_model(env.observation_spec, spec, state_dim=S, belief_dim=D, hidden_dim=HID, min_std=0.0)
-    with torch.no_grad():  # posterior std exactly 0: samples equal means, so both paths are deterministic
-        wm.rollout.posterior.obs_rnn_to_post_projector[-1].bias[S:] = -1e4
-    policy = PlaNetPolicy(wm, action_spec=spec, **SMALL)
-    env.append_transform(policy.make_tensordict_primer())
-    env.set_seed(0)
-    with set_exploration_type(ExplorationType.RANDOM):  # noisy actions: the filter must use the executed ones
-        data = env.rollout(10, policy, break_when_any_done=False)
-    is_init = data["is_init"]
-    assert is_init[0] and is_init[4] and is_init[8] and is_init.sum() == 3  # two resets inside the sequence
+def deterministic_posterior(wm) -> None:
+    """Posterior std exactly 0: samples equal means, so acting and training filters are deterministic."""
     with torch.no_grad():
-        out = wm.rollout.observe(wm.encoder(data["next", "observation"]), data["action"], is_init=is_init)
+        wm.rollout.posterior.obs_rnn_to_post_projector[-1].bias[S:] = -1e4
+
+
+def check_training_filter_reproduces(wm, data) -> None:
+    """rollout.observe on the collected [T] data (is_init from the env, episodes restarting mid-sequence,
+    the root observation filtered at episode starts) reproduces the latents the policy carried."""
+    is_init = data["is_init"]
+    with torch.no_grad():
+        out = wm.rollout.observe(wm.encoder(data["next", "observation"]), data["action"], is_init=is_init,
+                                 init_embedding=wm.encoder(data["observation"]))
+        first = wm.rollout.initial_filtered(wm.encoder(data["observation"]))
+        no_o0 = wm.rollout.observe(wm.encoder(data["next", "observation"]), data["action"], is_init=is_init)
     # step t of the filter consumes a_t and o_{t+1}: its belief is the policy's ("next", "belief") at t
     torch.testing.assert_close(out["belief"], data["next", "belief"])
     # and, where o_{t+1} does not start an episode, its state is the policy's s_{t+1}
-    cont = ~is_init[1:, 0]
-    torch.testing.assert_close(out["state"][:-1][cont], data["state"][1:][cont])
-    assert (data["state"][is_init[:, 0]] == 0).all() and (data["belief"][is_init[:, 0]] == 0).all()
+    cont = ~is_init[..., 1:, 0]
+    torch.testing.assert_close(out["state"][..., :-1, :][cont], data["state"][..., 1:, :][cont])
+    # episode starts: h_0 = f(0, 0, 0) and s_0 = q(h_0, e(o_0)), the first observation filtered
+    starts = is_init[..., 0]
+    torch.testing.assert_close(data["belief"][starts], first["belief"][starts])
+    torch.testing.assert_close(data["state"][starts], first["state"][starts])
+    # the old rule (episodes start from the zero latent, o_0 never filtered) does not reproduce them
+    assert (no_o0["belief"] - data["next", "belief"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("driver", ["rollout", "collector"])
+def test_acting_beliefs_equal_training_filter_on_the_collected_data(driver):
+    torch.manual_seed(0)
+    env = pendulum(max_steps=4) if driver == "rollout" else TransformedEnv(SerialEnv(2, lambda: pendulum(4)))
+    spec = env.action_spec if driver == "rollout" else env.action_spec_unbatched
+    obs_spec = Composite(observation=Unbounded((OBS,)))
+    wm = make_world_model(obs_spec, spec, state_dim=S, belief_dim=D, hidden_dim=HID, min_std=0.0)
+    deterministic_posterior(wm)
+    policy = PlaNetPolicy(wm, action_spec=spec, warm_start=True, **SMALL)
+    env.append_transform(policy.make_tensordict_primer())
+    env.set_seed(0)
+    if driver == "rollout":
+        with set_exploration_type(ExplorationType.RANDOM):  # noisy actions: the filter must use the executed ones
+            data = env.rollout(10, policy, break_when_any_done=False)
+    else:  # a TorchRL Collector on two environments (RANDOM by default): data [envs, T]
+        collector = Collector(env, policy, frames_per_batch=20, total_frames=-1)
+        try:
+            data = next(iter(collector)).reshape(2, 10)
+        finally:
+            collector.shutdown()
+    is_init = data["is_init"][..., 0]
+    assert is_init[..., 0].all() and is_init[..., 4].all() and is_init[..., 8].all()
+    assert is_init.sum() == 3 * is_init[..., 0].numel()  # two resets inside each sequence
+    check_training_filter_reproduces(wm, data)

@@ -2,6 +2,7 @@
 from .decoders import ConvDecoder, MLPDecoder
 from .encoders import ConvEncoder, MLPEncoder, pixels_to_model
 from .heads import RewardModel
+from .imagination import FastRSSMReturns, imagine
 from .rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from .world_model import RSSMWorldModel, make_world_model
 
@@ -10,7 +11,7 @@ ObsEncoder = ConvEncoder
 ObsDecoder = ConvDecoder
 
 __all__ = [
-    "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder",
+    "ConvDecoder", "ConvEncoder", "FastRSSMReturns", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder",
     "RSSMPosterior", "RSSMPrior", "RSSMRollout", "RSSMWorldModel", "RewardModel",
-    "make_world_model", "pixels_to_model",
+    "imagine", "make_world_model", "pixels_to_model",
 ]

@@ -5,9 +5,16 @@ stochastic ``state`` s_t (a diagonal Gaussian sample).
 
 - :class:`RSSMPrior`: h_t = f(h_{t-1}, s_{t-1}, a_{t-1});  p(s_t | h_t).
 - :class:`RSSMPosterior`: q(s_t | h_t, e(o_t)).
-- :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence)
-  and ``imagine`` (prior-only open loop), as tensor loops. As a TensorDict module it
-  reads and writes the same keys as TorchRL's ``RSSMRollout``.
+- :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence,
+  episodes starting from their first observation filtered) and ``imagine`` (prior-only
+  open loop, run by the imagination engine :mod:`torchrl_rssm.modules.imagination`), as
+  tensor loops. As a TensorDict module it reads and writes the same keys as TorchRL's
+  ``RSSMRollout``.
+
+The prior transition is written once (:meth:`RSSMPrior.project_action` +
+:meth:`RSSMPrior.transition_projected`); filtering, imagination, the acting belief filter
+and overshooting all step through it. Only the planners' fused no-grad scorer
+(``imagination.FastRSSMReturns``) spells it out again, tied to it by a test.
 
 The prior and posterior accept the constructor arguments and call convention of
 TorchRL's :class:`~torchrl.modules.RSSMPrior` / :class:`~torchrl.modules.RSSMPosterior`
@@ -23,7 +30,7 @@ from collections.abc import Callable
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parameter import is_lazy
@@ -105,10 +112,33 @@ class RSSMPrior(nn.Module):
         self.scale_lb = scale_lb
         self.action_shape = torch.Size([self.action_dim])
 
+    # The transition is written once, in two halves: ``project_action`` (the action's share of
+    # the first layer, which a loop computes for all steps at once) and ``transition_projected``
+    # (the recurrent part). Every rollout in the package (``observe``, ``imagine``, the belief
+    # filter, the planners' reference path) goes through these two; only the planners' fused
+    # no-grad scorer (``modules/imagination.py:FastRSSMReturns``) spells them out again, and a
+    # test ties it to them.
+    def project_action(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Splits the first layer: ``(W_s, W_a a + b)``; ``action`` is ``[..., A]`` (any leading dims)."""
+        layer = self.action_state_projector[0]
+        w_state, w_action = layer.weight.split([self.state_dim, self.action_dim], 1)
+        return w_state, F.linear(action.to(w_action.dtype), w_action, layer.bias)
+
+    def transition_projected(self, state: torch.Tensor, belief: torch.Tensor, act_proj: torch.Tensor,
+                             w_state: torch.Tensor) -> torch.Tensor:
+        """h_t = GRU(ELU(W_s s_{t-1} + act_proj), h_{t-1}) with ``act_proj`` from :meth:`project_action`."""
+        return _gru(self.rnn, F.elu(F.linear(state, w_state) + act_proj), belief)
+
     def transition(self, state: torch.Tensor, belief: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """The deterministic path: h_t = f(h_{t-1}, s_{t-1}, a_{t-1})."""
-        x = self.action_state_projector(torch.cat([state, action.to(state.dtype)], dim=-1))
-        return _gru(self.rnn, x, belief)
+        w_state, act_proj = self.project_action(action)
+        return self.transition_projected(state, belief, act_proj, w_state)
+
+    def step_projected(self, state, belief, act_proj, w_state, noise):
+        """One prior step on projected actions: ``(s_t, h_t, mean, std)`` with s_t = mean + std * noise."""
+        belief = self.transition_projected(state, belief, act_proj, w_state)
+        mean, std = self.stats(belief)
+        return mean + std * noise, belief, mean, std
 
     def stats(self, belief: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of p(s_t | h_t)."""
@@ -122,11 +152,12 @@ class RSSMPrior(nn.Module):
         action: torch.Tensor,
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        belief = self.transition(state, belief, action)
-        mean, std = self.stats(belief)
+        w_state, act_proj = self.project_action(action)
         if noise is None:
-            noise = torch.randn_like(std)
-        return mean, std, mean + std * noise, belief
+            noise = state.new_empty(*torch.broadcast_shapes(state.shape[:-1], act_proj.shape[:-1]),
+                                    self.state_dim).normal_()
+        state, belief, mean, std = self.step_projected(state, belief, act_proj, w_state, noise)
+        return mean, std, state, belief
 
 
 class RSSMPosterior(nn.Module):
@@ -171,9 +202,25 @@ class RSSMPosterior(nn.Module):
         self.state_dim = state_dim
         self.scale_lb = scale_lb
 
-    def stats(self, belief: torch.Tensor, obs_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, raw = self.obs_rnn_to_post_projector(torch.cat([belief, obs_embedding], dim=-1)).chunk(2, -1)
+    def project_embedding(self, belief_dim: int, obs_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Splits the first layer: ``(W_h, W_e e + b)``, so that a loop projects all embeddings at once."""
+        layer = self.obs_rnn_to_post_projector[0]
+        if is_lazy(layer.weight):  # TorchRL-style lazy layer: materialise it on real shapes
+            layer(obs_embedding.new_zeros(1, belief_dim + obs_embedding.shape[-1]))
+        w_belief, w_emb = layer.weight.split([belief_dim, layer.in_features - belief_dim], 1)
+        return w_belief, F.linear(obs_embedding, w_emb, layer.bias)
+
+    def stats_projected(self, belief: torch.Tensor, emb_proj: torch.Tensor,
+                        w_belief: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(s_t | h_t, e(o_t)) with ``emb_proj`` from :meth:`project_embedding`."""
+        hidden = F.elu(F.linear(belief, w_belief) + emb_proj)
+        mean, raw = self.obs_rnn_to_post_projector[2](hidden).chunk(2, -1)
         return mean, _std(raw, self.scale_lb)
+
+    def stats(self, belief: torch.Tensor, obs_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(s_t | h_t, e(o_t))."""
+        w_belief, emb_proj = self.project_embedding(belief.shape[-1], obs_embedding)
+        return self.stats_projected(belief, emb_proj, w_belief)
 
     def forward(
         self,
@@ -203,12 +250,15 @@ class RSSMRollout(TensorDictModuleBase):
     **Tensor API** (the hot path; a small dict of tensors is carried, as in DreamerV3):
 
     - ``initial(batch_shape)``: the initial latent ``{"state": 0, "belief": 0}``.
-    - ``observe(embedding, action, is_init=None, start=None, noise=None)``: step t
-      consumes ``action[..., t, :]`` and the embedding of the observation that
+    - ``observe(embedding, action, is_init=None, start=None, noise=None, init_embedding=None)``:
+      step t consumes ``action[..., t, :]`` and the embedding of the observation that
       follows it (TorchRL's ``("next", ...)`` layout) and returns
       ``belief, state, prior_mean, prior_std, posterior_mean, posterior_std``,
-      each ``[*B, T, F]``. Where ``is_init[..., t]`` is set, the latent entering
-      step t is reset to ``initial`` (a new episode starts at that row).
+      each ``[*B, T, F]``. Where ``is_init[..., t]`` is set, a new episode starts at
+      that row: the latent entering step t is the episode's first observation o_t
+      filtered from the zero latent with a zero action (``initial_filtered`` of
+      ``init_embedding``, the embedding of the root observation), or the zero latent
+      ``initial`` when ``init_embedding`` is not given.
     - ``imagine(start, action=None, policy=None, horizon=None, noise=None)``:
       prior-only rollout from ``start`` with given actions ``[*B, H, A]`` or a
       ``policy(state, belief) -> action``.
@@ -221,7 +271,10 @@ class RSSMRollout(TensorDictModuleBase):
     ``rssm_posterior`` are TensorDictModules wrapping prior/posterior networks; the
     keys are taken from them. The default keys (when plain modules are given) are
     TorchRL's Dreamer keys: reads ``state``, ``belief`` (row 0, optional), ``action``,
-    ``("next", "encoded_latents")``, ``is_init``; writes ``("next", k)`` for
+    ``("next", "encoded_latents")``, ``is_init`` and, optionally, the root
+    ``"encoded_latents"`` (``init_embedding``: the embedding of the root observation,
+    read at ``is_init`` rows; :class:`~torchrl_rssm.objectives.RSSMLoss` writes it);
+    writes ``("next", k)`` for
     ``prior_mean, prior_std, belief, posterior_mean, posterior_std, state``.
     Networks other than this package's (e.g. TorchRL's) run through a generic
     per-step tensor loop.
@@ -281,6 +334,11 @@ class RSSMRollout(TensorDictModuleBase):
         self._out = {"prior_mean": pm, "prior_std": ps, "belief": nb,
                      "posterior_mean": qm, "posterior_std": qs, "state": ns}
         self.is_init_key = is_init_key
+        emb = unravel_key(self.embedding_key)
+        # the root observation's embedding (the embedding key without "next"): episode starts filter o_t
+        self.init_embedding_key = None
+        if isinstance(emb, tuple) and emb[0] == "next":
+            self.init_embedding_key = emb[1:] if len(emb) > 2 else emb[1]
         self.in_keys = [self.state_key, self.belief_key, self.action_key, self.embedding_key, is_init_key]
         self.out_keys = list(self._out.values())
         self.use_scan = use_scan
@@ -319,29 +377,52 @@ class RSSMRollout(TensorDictModuleBase):
         return {"state": torch.zeros(*batch_shape, self.state_dim, **kw),
                 "belief": torch.zeros(*batch_shape, self.belief_dim, **kw)}
 
+    def initial_belief(self, device=None, dtype=None) -> torch.Tensor:
+        """h_0 = f(0, 0, a=0): the belief at an episode start, one prior transition from the zero
+        latent with a zero action (PlaNet filters the first observation from here). ``[D]``."""
+        zeros = self.initial((1,), device, dtype)
+        action = zeros["state"].new_zeros(1, self._action_dim())
+        if self._fast:
+            return self.prior.transition(zeros["state"], zeros["belief"], action)[0]
+        return self.prior(zeros["state"], zeros["belief"], action)[3][0]
+
+    def posterior_sample(self, belief: torch.Tensor, embedding: torch.Tensor,
+                         noise: torch.Tensor | None = None) -> torch.Tensor:
+        """s_t = mean + std * noise ~ q(s_t | h_t, e(o_t)), any leading dims (noise drawn if not given)."""
+        if self._fast:
+            mean, std = self.posterior.stats(belief, embedding)
+        else:
+            mean, std, _ = self.posterior(belief, embedding)
+        return mean + std * (torch.randn_like(std) if noise is None else noise)
+
+    def initial_filtered(self, embedding: torch.Tensor, noise: torch.Tensor | None = None) -> Latent:
+        """The latent at an episode start given the embedding of its first observation o_0 (PlaNet).
+
+        h_0 = :meth:`initial_belief` and s_0 ~ q(s_0 | h_0, e(o_0)). ``embedding`` is
+        ``[*B, E]``; returns ``state [*B, S]``, ``belief [*B, D]``. Acting
+        (:class:`~torchrl_rssm.policies.BeliefFilter`) and training (``observe`` with
+        ``init_embedding``) both start episodes here.
+        """
+        belief = self.initial_belief(embedding.device, embedding.dtype).expand(*embedding.shape[:-1], self.belief_dim)
+        return {"state": self.posterior_sample(belief, embedding, noise), "belief": belief}
+
+    def _action_dim(self) -> int:
+        dim = getattr(self.prior, "action_dim", None)
+        return int(dim) if dim is not None else int(self.prior.action_shape[-1])
+
     # ------------------------------------------------------------ step functions
-    def _filter_step_eager(self, state, belief, keep, act_proj, w_state, emb_proj, w_belief, noise):
+    def _filter_step_eager(self, state, belief, keep, reset_state, reset_belief, act_proj, w_state, emb_proj,
+                           w_belief, noise):
         """One filtering step on ``[N, F]`` tensors (compiles with fullgraph=True)."""
-        state, belief = state * keep, belief * keep  # is_init: back to the initial latent
-        x = F.elu(F.linear(state, w_state) + act_proj)
-        belief = self.prior.rnn(x, belief)
-        hidden = F.elu(F.linear(belief, w_belief) + emb_proj)
-        mean, raw = self.posterior.obs_rnn_to_post_projector[2](hidden).chunk(2, -1)
-        std = _std(raw, self.posterior.scale_lb)
+        # is_init rows: the latent entering the step is the episode's start latent (reset_*; zeros elsewhere)
+        state, belief = state * keep + reset_state, belief * keep + reset_belief
+        belief = self.prior.transition_projected(state, belief, act_proj, w_state)
+        mean, std = self.posterior.stats_projected(belief, emb_proj, w_belief)
         return mean + std * noise, belief, mean, std
 
     def _imagine_step_eager(self, state, belief, act_proj, w_state, noise):
         """One prior step on ``[N, F]`` tensors (compiles with fullgraph=True)."""
-        x = F.elu(F.linear(state, w_state) + act_proj)
-        belief = self.prior.rnn(x, belief)
-        mean, std = self.prior.stats(belief)
-        return mean + std * noise, belief, mean, std
-
-    def _split_action_layer(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Splits the prior's first layer: the action part is applied to all steps at once."""
-        layer = self.prior.action_state_projector[0]
-        w_state, w_action = layer.weight.split([self.state_dim, layer.in_features - self.state_dim], 1)
-        return w_state, F.linear(action.to(w_action.dtype), w_action, layer.bias)
+        return self.prior.step_projected(state, belief, act_proj, w_state, noise)
 
     # --------------------------------------------------------------- observe
     def observe(
@@ -351,14 +432,29 @@ class RSSMRollout(TensorDictModuleBase):
         is_init: torch.Tensor | None = None,
         start: Latent | None = None,
         noise: torch.Tensor | None = None,
+        init_embedding: torch.Tensor | None = None,
+        init_noise: torch.Tensor | None = None,
     ) -> Latent:
-        """Posterior filtering over a ``[*B, T]`` sequence (see the class docstring)."""
+        """Posterior filtering over a ``[*B, T]`` sequence (see the class docstring).
+
+        ``init_embedding`` (``[*B, T, E]``): the embedding of the root observation o_t of each
+        row; only rows with ``is_init`` are read. There, the latent entering step t is
+        :meth:`initial_filtered` of it (h = f(0, 0, 0), s ~ q(h, e(o_t)), PlaNet's filtering of
+        the first observation, as the acting policy does); without it, the zero latent
+        (foreign data without root observations). ``init_noise`` (``[*B, T, S]``) fixes that
+        posterior sample.
+        """
         *batch, T, _ = action.shape
         batch = torch.Size(batch)
         if embedding.shape[:-1] != action.shape[:-1]:
             raise ValueError(
                 f"observe: embedding and action must share [*B, T]; got {tuple(embedding.shape)} "
                 f"and {tuple(action.shape)}."
+            )
+        if init_embedding is not None and init_embedding.shape[:-1] != action.shape[:-1]:
+            raise ValueError(
+                f"observe: init_embedding must have shape [*B, T, E] with [*B, T] = {tuple(action.shape[:-1])}; "
+                f"got {tuple(init_embedding.shape)}."
             )
         nb = len(batch)
         start = start if start is not None else self.initial(batch, embedding.device, embedding.dtype)
@@ -375,24 +471,30 @@ class RSSMRollout(TensorDictModuleBase):
             keep = torch.ones(T, N, 1, device=embedding.device, dtype=embedding.dtype)
         else:
             keep = 1.0 - _time_major(is_init.reshape(*batch, T, 1).to(embedding.dtype), nb)
+        # the start latents of the episodes beginning at each row: computed for all rows at
+        # once, off the loop (they start from the zero latent, not from the recurrence)
+        if is_init is not None and init_embedding is not None:
+            init = self.initial_filtered(_time_major(init_embedding.to(embedding.dtype), nb),
+                                         None if init_noise is None else _time_major(init_noise, nb))
+            reset_state, reset_belief = init["state"] * (1 - keep), init["belief"] * (1 - keep)
+        else:
+            reset_state = keep.new_zeros(T, N, self.state_dim)
+            reset_belief = keep.new_zeros(T, N, self.belief_dim)
 
         if not self._fast:
-            return self._observe_generic(emb, act, keep, state, belief, noise, batch)
+            return self._observe_generic(emb, act, keep, reset_state, reset_belief, state, belief, noise, batch)
 
-        layer = self.posterior.obs_rnn_to_post_projector[0]
-        if is_lazy(layer.weight):  # materialise TorchRL-style lazy layers on real shapes
-            self.posterior(belief, emb[0])
-        w_state, act_proj = self._split_action_layer(act)
-        w_belief, w_emb = layer.weight.split([self.belief_dim, layer.in_features - self.belief_dim], 1)
-        emb_proj = F.linear(emb, w_emb, layer.bias)
+        w_state, act_proj = self.prior.project_action(act)
+        w_belief, emb_proj = self.posterior.project_embedding(self.belief_dim, emb)
 
         # unbind, not [t]: indexing a tensor that needs grad makes autograd zero-fill a
         # full [T, N, F] gradient at every step (O(T^2)); unbind's backward is one stack.
-        act_proj, emb_proj, keep, noise = act_proj.unbind(0), emb_proj.unbind(0), keep.unbind(0), noise.unbind(0)
+        steps = zip(keep.unbind(0), reset_state.unbind(0), reset_belief.unbind(0), act_proj.unbind(0),
+                    emb_proj.unbind(0), noise.unbind(0))
         beliefs, states, post_means, post_stds = [], [], [], []
-        for t in range(T):
+        for keep_t, rs_t, rb_t, act_t, emb_t, noise_t in steps:
             state, belief, mean, std = self._filter_step(
-                state, belief, keep[t], act_proj[t], w_state, emb_proj[t], w_belief, noise[t]
+                state, belief, keep_t, rs_t, rb_t, act_t, w_state, emb_t, w_belief, noise_t
             )
             beliefs.append(belief), states.append(state), post_means.append(mean), post_stds.append(std)
         belief_seq = torch.stack(beliefs)
@@ -402,11 +504,11 @@ class RSSMRollout(TensorDictModuleBase):
                    posterior_std=torch.stack(post_stds))
         return {k: _batch_major(v, batch) for k, v in out.items()}
 
-    def _observe_generic(self, emb, act, keep, state, belief, noise, batch) -> Latent:
+    def _observe_generic(self, emb, act, keep, reset_state, reset_belief, state, belief, noise, batch) -> Latent:
         """Per-step loop for foreign prior/posterior networks with TorchRL's signatures."""
         outs: dict[str, list] = {k: [] for k in self._out}
         for t in range(emb.shape[0]):
-            state, belief = state * keep[t], belief * keep[t]
+            state, belief = state * keep[t] + reset_state[t], belief * keep[t] + reset_belief[t]
             prior_mean, prior_std, _, belief = self.prior(state, belief, act[t])
             post_mean, post_std, state = self.posterior(belief, emb[t])
             state = post_mean + post_std * noise[t]
@@ -427,47 +529,13 @@ class RSSMRollout(TensorDictModuleBase):
 
         Give either ``action`` (``[*B, H, A]``) or ``policy`` and ``horizon``. Returns
         ``belief, state, prior_mean, prior_std`` (and ``action``), each ``[*B, H, F]``.
+        Differentiable (gradients reach the start latents, the actions or the policy, and the
+        prior); runs the imagination engine (:func:`torchrl_rssm.modules.imagination.imagine`).
         """
-        if (action is None) == (policy is None):
-            raise ValueError("imagine: pass exactly one of `action` ([*B, H, A]) or `policy`.")
-        batch = start["state"].shape[:-1]
-        nb = len(batch)
-        state = start["state"].reshape(-1, self.state_dim)
-        belief = start["belief"].reshape(-1, self.belief_dim)
-        if action is not None:
-            horizon = action.shape[-2]
-            if action.shape[:-2] != batch:
-                raise ValueError(
-                    f"imagine: action must have shape [*B, H, A] with B={tuple(batch)}, got {tuple(action.shape)}."
-                )
-        if horizon is None:
-            raise ValueError("imagine: `horizon` is required with a policy.")
-        N = state.shape[0]
-        if noise is None:
-            noise = torch.randn(horizon, N, self.state_dim, device=state.device, dtype=state.dtype)
-        else:
-            noise = _time_major(noise, nb)
-        layer = self.prior.action_state_projector[0]
-        w_state = layer.weight[:, : self.state_dim]
-        act_proj = None
-        if action is not None and self._fast:
-            w_state, act_proj = self._split_action_layer(_time_major(action, nb))
-        if act_proj is not None:
-            act_proj = act_proj.unbind(0)  # see observe: unbind avoids O(H^2) backward
-        actions = _time_major(action, nb).unbind(0) if action is not None else None
-        noise = noise.unbind(0)
-        outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_mean", "prior_std", "action")}
-        for t in range(horizon):
-            a_t = actions[t] if actions is not None else policy(state, belief).reshape(N, -1)
-            if self._fast:
-                a_proj = act_proj[t] if act_proj is not None else self._split_action_layer(a_t)[1]
-                state, belief, mean, std = self._imagine_step(state, belief, a_proj, w_state, noise[t])
-            else:
-                mean, std, _, belief = self.prior(state, belief, a_t)
-                state = mean + std * noise[t]
-            for k, v in zip(outs, (belief, state, mean, std, a_t)):
-                outs[k].append(v)
-        return {k: _batch_major(torch.stack(v), batch) for k, v in outs.items()}
+        from .imagination import imagine
+
+        return imagine(self.prior, start, action=action, policy=policy, horizon=horizon, noise=noise,
+                       step=self._imagine_step if self._fast else None)
 
     # ------------------------------------------------------------ tensordict
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -483,6 +551,7 @@ class RSSMRollout(TensorDictModuleBase):
             tensordict.get(self.action_key),
             is_init=tensordict.get(self.is_init_key, None),
             start=start,
+            init_embedding=None if self.init_embedding_key is None else tensordict.get(self.init_embedding_key, None),
         )
         for name, key in self._out.items():
             tensordict.set(key, out[name])

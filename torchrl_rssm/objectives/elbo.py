@@ -199,6 +199,22 @@ class RSSMLoss(LossModule):
         check_finite: check once per batch that observation, action and reward are finite
             (one ``isfinite().all()`` reduction and one host sync); turn it off for speed
             or ``torch.compile``. Missing keys and wrong shapes are always reported.
+        start_from_recorded_latents: ``False`` (default, the recipe's behaviour too): latents
+            recorded in the batch (root and ``("next", ...)`` ``state`` / ``belief``, e.g.
+            written by the acting policy under a collector) are ignored, and every sequence
+            starts from its first observation filtered (below). ``True``: the world model
+            starts filtering from the recorded root latents of row 0, as TorchRL's
+            ``RSSMRollout`` does.
+
+    **Where a sequence starts.** At rows with ``is_init`` (the replay buffer sets it at
+    every chunk start and at episode starts) the latent entering the step is the root
+    observation o_t filtered from the zero latent with a zero action (PlaNet):
+    h = f(0, 0, 0), s ~ q(h, e(o_t)), exactly as the acting policy starts an episode. The
+    loss encodes the root observation at those rows only (to spare the encoder on pixels)
+    and gives it to the rollout (root ``"encoded_latents"``). A batch without root
+    observations (foreign data) starts those rows from the zero latent instead. The first
+    observation has no reconstruction or KL term of its own (row t's terms are about
+    ``("next", ...)``); it is trained through the steps that follow it.
 
     Raises:
         ValueError: on missing keys, wrong observation/reward shapes, non-finite inputs
@@ -272,6 +288,7 @@ class RSSMLoss(LossModule):
         overshooting_distance: int = 1,
         overshooting_weight: float = 1.0,
         check_finite: bool = True,
+        start_from_recorded_latents: bool = False,
     ):
         super().__init__()
         if kl_balance is not None and not 0.0 <= kl_balance <= 1.0:
@@ -289,6 +306,9 @@ class RSSMLoss(LossModule):
         self.overshooting_distance = int(overshooting_distance)
         self.overshooting_weight = float(overshooting_weight)
         self.check_finite = check_finite
+        self.start_from_recorded_latents = bool(start_from_recorded_latents)
+        # a plain attribute, not a submodule: our rollout (reads the root observation's embedding)
+        self.__dict__["_rollout"] = next((m for m in world_model.modules() if isinstance(m, RSSMRollout)), None)
         # a plain attribute, not a submodule: its parameters are already the world model's
         self.__dict__["_prior"] = _find_prior(world_model)
         if self.overshooting_distance > 1 and self._prior is None:
@@ -414,7 +434,17 @@ class RSSMLoss(LossModule):
         # reward at ("next", "reward"); running on a shallow copy keeps the caller's td intact
         target = pixels_to_model(tensordict.get(_next(k.observation)))
         true_reward = tensordict.get(_next(k.reward))
-        td = self.world_model(tensordict.copy())
+        td = tensordict.copy()
+        if not self.start_from_recorded_latents:  # recorded latents (the collector's) are not a start
+            td = td.exclude(_next(k.state), _next(k.belief))
+            if self._rollout is not None:
+                td = td.exclude(k.state, k.belief)
+            else:  # TorchRL's rollout reads its start from these keys: the zero latent, as recorded ones are ignored
+                for key in (k.state, k.belief):
+                    if td.get(key, None) is not None:
+                        td.set(key, torch.zeros_like(td.get(key)))
+        self._encode_first_observations(td)
+        td = self.world_model(td)
         batch_dims = tensordict.batch_dims
 
         # observation and reward log-likelihoods (unit-variance Gaussians, constants dropped)
@@ -459,6 +489,29 @@ class RSSMLoss(LossModule):
         result = TensorDict(out, batch_size=[])
         self._clear_weakrefs(tensordict, result)
         return result
+
+    def _encode_first_observations(self, td: TensorDictBase) -> None:
+        """Writes the root observation's embedding at ``is_init`` rows (zeros elsewhere) where our
+        rollout reads it, so that sequences start from their first observation filtered."""
+        rollout = self._rollout
+        k = self.tensor_keys
+        if rollout is None or rollout.init_embedding_key is None:
+            return
+        is_init, obs = td.get(k.is_init, None), td.get(k.observation, None)
+        try:
+            encoder = self.world_model[0][0]
+            enc_in, enc_out = unravel_key(encoder.in_keys[0]), unravel_key(encoder.out_keys[0])
+        except (AttributeError, IndexError, TypeError, KeyError):
+            return
+        if is_init is None or obs is None or enc_out != unravel_key(rollout.embedding_key):
+            return
+        mask = is_init.reshape(td.batch_size).bool()
+        if not bool(mask.any()):
+            return
+        first = encoder(TensorDict({enc_in: obs[mask]}, batch_size=[int(mask.sum())])).get(enc_out)
+        embedding = first.new_zeros(*td.batch_size, first.shape[-1])
+        embedding[mask] = first
+        td.set(rollout.init_embedding_key, embedding)
 
     def _overshooting(
         self, td: TensorDictBase, q_mean: torch.Tensor, q_std: torch.Tensor

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import ActionSpace, PlannerBase, Returns, top_k_elites
+from .action_space import ActionSpace, Returns, top_k_elites
+from .base import PlannerBase
 
 
 def cem(

@@ -22,7 +22,8 @@ from torch import nn
 from torchrl.data import TensorSpec
 from torchrl.envs.utils import step_mdp
 
-from ._common import ActionSpace, PlannerBase, Returns, top_k_elites
+from .action_space import ActionSpace, Returns, top_k_elites
+from .base import PlannerBase
 
 
 def mppi(

@@ -1,0 +1,199 @@
+"""Scoring candidates with world models other than this package's RSSM.
+
+- :class:`TensorReturns`: any prior with TorchRL's call convention
+  ``prior(state, belief, action) -> (mean, std, state, belief)`` and any reward
+  ``reward(state, belief)``, rolled out by the imagination engine's tensor loop;
+- :class:`TensorDictReturns` / :class:`EnvStepReturns`: foreign tensordict modules
+  (a model-based env's ``world_model``) or any stateless env, one batched tensordict
+  per step, no ``env.rollout``;
+- :func:`_fast_networks`: finds this package's (or TorchRL's) prior and reward head
+  inside a TorchRL ``DreamerEnv`` so that the planner can take the tensor path.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
+
+from ..modules.imagination import rollout_prior
+
+
+class TensorReturns(nn.Module):
+    """Sum of predicted rewards with any prior following TorchRL's convention.
+
+    ``prior(state, belief, action) -> (mean, std, state, belief)`` (TorchRL's
+    ``RSSMPrior``, or a hand-written model) and ``reward(state, belief) -> [..., 1]``.
+    One tensor step per imagined step; the reward head runs once after the loop.
+
+    Args:
+        prior, reward: the networks.
+        state_dim, belief_dim: sizes of the latent parts (read from the prior when
+            it has ``state_dim`` / ``rnn_hidden_dim``).
+        sample: use the prior's sample (default) or its mean as the next state.
+    """
+
+    def __init__(self, prior: nn.Module, reward: nn.Module, state_dim: int | None = None,
+                 belief_dim: int | None = None, sample: bool = True):
+        super().__init__()
+        self.prior, self.reward, self.sample = prior, reward, sample
+        self.state_dim = state_dim if state_dim is not None else getattr(prior, "state_dim", None)
+        self.belief_dim = belief_dim if belief_dim is not None else getattr(prior, "rnn_hidden_dim", None)
+
+    def forward(self, state: torch.Tensor, belief: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        M, N, H, A = actions.shape
+        s = state.unsqueeze(1).expand(M, N, *state.shape[1:]).reshape(M * N, *state.shape[1:])
+        h = belief.unsqueeze(1).expand(M, N, *belief.shape[1:]).reshape(M * N, *belief.shape[1:])
+        acts = actions.reshape(M * N, H, A).transpose(0, 1)  # time-major [H, M * N, A]
+        out = rollout_prior(self.prior, s, h, action=acts, sample=self.sample)  # the imagination engine
+        rewards = self.reward(out["state"].transpose(0, 1), out["belief"].transpose(0, 1))  # [M * N, H, 1]
+        return rewards.reshape(M, N, H).sum(-1)
+
+
+def _mask_after_done(rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+    """Rewards after the first ``done`` of a sequence count zero (the one at ``done`` counts)."""
+    d = dones.to(torch.int64)
+    return torch.where(d.cumsum(-1) > d, torch.zeros_like(rewards), rewards)
+
+
+class TensorDictReturns:
+    """Scores candidates by calling a model-based env's ``world_model`` on one batched
+    tensordict per step (foreign modules; no ``env.rollout``, no spec checks).
+
+    The world model reads the latent keys and ``action`` and writes the next latent
+    under the same keys and the reward under ``reward_key`` without ``"next"``, as in
+    TorchRL's ``ModelBasedEnvBase._step``. Stochastic reward heads are read at their
+    deterministic value (the mean), as PlaNet plans with the reward mean.
+    """
+
+    def __init__(self, world_model: nn.Module, action_key: NestedKey, reward_key: NestedKey,
+                 done_keys: Sequence[NestedKey] = ()):
+        self.world_model, self.action_key = world_model, action_key
+        self.reward_key = _strip_next(reward_key)
+        self.done_keys = [_strip_next(k) for k in done_keys]
+
+    def __call__(self, start: TensorDictBase, actions: torch.Tensor) -> torch.Tensor:
+        M, N, H, A = actions.shape
+        td = start.unsqueeze(1).expand(M, N).reshape(M * N).clone()
+        acts = actions.reshape(M * N, H, A)
+        rewards, dones = [], []
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            for t in range(H):
+                td.set(self.action_key, acts[:, t])
+                td = self.world_model(td)
+                rewards.append(td.get(self.reward_key).reshape(M * N))
+                dones.append(_any_done(td, self.done_keys, M * N))
+        rewards = torch.stack(rewards, -1)
+        if any(d is not None for d in dones):
+            rewards = _mask_after_done(rewards, torch.stack([_or_false(d, M * N, rewards) for d in dones], -1))
+        return rewards.sum(-1).view(M, N)
+
+
+class EnvStepReturns:
+    """Last resort for a stateless, not batch-locked TorchRL env that is not model-based:
+    ``env.step`` on one batched tensordict per step (what TorchRL's planners do through
+    ``env.rollout``, minus the rollout machinery). Rewards after ``done`` are masked.
+    """
+
+    def __init__(self, env, action_key: NestedKey, reward_key: NestedKey):
+        self.env, self.action_key, self.reward_key = env, action_key, reward_key
+        self.done_keys = [("next", *((k,) if isinstance(k, str) else k)) for k in env.done_keys
+                          if (k if isinstance(k, str) else k[-1]) == "done"]
+
+    def __call__(self, start: TensorDictBase, actions: torch.Tensor) -> torch.Tensor:
+        M, N, H, A = actions.shape
+        td = start.unsqueeze(1).expand(M, N).reshape(M * N).clone()
+        acts = actions.reshape(M * N, H, A)
+        rewards, dones = [], []
+        for t in range(H):
+            td.set(self.action_key, acts[:, t])
+            td = self.env.step(td)
+            rewards.append(td.get(self.reward_key).reshape(M * N))
+            dones.append(_any_done(td, self.done_keys, M * N))
+            td = step_mdp(td, keep_other=True)
+        rewards = torch.stack(rewards, -1)
+        if any(d is not None for d in dones):
+            rewards = _mask_after_done(rewards, torch.stack([_or_false(d, M * N, rewards) for d in dones], -1))
+        return rewards.sum(-1).view(M, N)
+
+
+def _strip_next(key: NestedKey) -> NestedKey:
+    if isinstance(key, tuple) and len(key) > 1 and key[0] == "next":
+        return key[1:] if len(key) > 2 else key[1]
+    return key
+
+
+def _any_done(td: TensorDictBase, keys, n: int) -> torch.Tensor | None:
+    flags = [td.get(k, None) for k in keys]
+    flags = [f.reshape(n, -1).any(-1) for f in flags if f is not None]
+    if not flags:
+        return None
+    out = flags[0]
+    for f in flags[1:]:
+        out = out | f
+    return out
+
+
+def _or_false(flag: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    return flag if flag is not None else torch.zeros(n, dtype=torch.bool, device=like.device)
+
+
+# --------------------------------------------------------------- finding the networks
+def _leaf_modules(module: nn.Module) -> list[TensorDictModuleBase]:
+    if isinstance(module, TensorDictSequential):
+        return [leaf for m in module.module for leaf in _leaf_modules(m)]
+    return [module]
+
+
+def _fast_networks(world_model: nn.Module, state_key, belief_key, action_key, reward_key):
+    """Finds (prior, reward, reward_args_order) inside a TorchRL Dreamer-style world model.
+
+    Accepts ``WorldModelWrapper(transition, reward)`` where ``transition`` contains a
+    ``TensorDictModule`` wrapping a prior with in_keys ``(state, belief, action)`` and
+    out_keys ``(_, _, state, belief)`` (TorchRL's Dreamer ``DreamerEnv``), and ``reward``
+    is a ``TensorDictModule`` on ``(state, belief)`` writing the reward, possibly followed
+    by a probabilistic module that turns its output ("loc") into the reward (TorchRL's
+    Dreamer example). Returns ``None`` when the layout is different.
+    """
+    try:
+        transition, reward = world_model[0], world_model[1]
+    except (TypeError, IndexError, KeyError):
+        return None
+    priors = [m for m in _leaf_modules(transition) if isinstance(m, TensorDictModule)
+              and list(m.in_keys) == [state_key, belief_key, action_key]
+              and len(m.out_keys) == 4 and list(m.out_keys[2:]) == [state_key, belief_key]]
+    if len(priors) != 1 or len(_leaf_modules(transition)) != 1:
+        return None
+    reward_leaves = _leaf_modules(reward)
+    rkey = _strip_next(reward_key)
+    head = reward_leaves[0]
+    if not isinstance(head, TensorDictModule) or set(head.in_keys) != {state_key, belief_key}:
+        return None
+    if len(reward_leaves) == 1:
+        if head.out_keys[0] != rkey:
+            return None
+    elif len(reward_leaves) == 2:  # TorchRL's Dreamer: loc -> IndependentNormal -> reward
+        tail = reward_leaves[1]
+        if not (isinstance(tail, ProbabilisticTensorDictModule) and list(tail.in_keys) == list(head.out_keys[:1])
+                and tail.out_keys[0] == rkey):
+            return None
+    else:
+        return None
+    swapped = list(head.in_keys) != [state_key, belief_key]
+    return priors[0].module, head.module, swapped
+
+
+class _SwapArgs(nn.Module):
+    """A reward network whose in_keys are (belief, state): called as reward(state, belief)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, state, belief):
+        return self.net(belief, state)
+

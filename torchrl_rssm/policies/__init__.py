@@ -1,0 +1,14 @@
+"""Acting policies: filter the belief, choose an action, explore.
+
+- :class:`BeliefFilter`: THE belief filter both policies run (one posterior step per
+  env step, episode starts filtered from h_0 = f(0, 0, 0), the primer).
+- :class:`ExplorationNoise`: Gaussian / epsilon-greedy noise under ``ExplorationType.RANDOM``.
+- :class:`PlaNetPolicy`: filter -> planner -> exploration.
+- :class:`DreamerPolicy`: filter -> actor -> exploration.
+"""
+from .belief_filter import BeliefFilter, dequantize_pixels
+from .dreamer import DreamerPolicy
+from .exploration import ExplorationNoise
+from .planet import PlaNetPolicy
+
+__all__ = ["BeliefFilter", "DreamerPolicy", "ExplorationNoise", "PlaNetPolicy", "dequantize_pixels"]
