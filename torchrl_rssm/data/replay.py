@@ -237,7 +237,7 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         first = len(self) == 0 and self.bytes_per_step is None
         if first and data.numel():
             self.bytes_per_step = sum(v[0].numel() * v.element_size() for v in data.values(True, True))
-            _LOG.info("SequenceReplayBuffer: %s", self.describe())
+            _LOG.debug("SequenceReplayBuffer: %s", self.describe())
         return super().extend(data, update_priority=update_priority)
 
     def describe(self) -> str:

@@ -286,7 +286,7 @@ class Trainer:
                 tested = cfg.test_every > 0 and (self.test_clock(episodes) or episodes == total)
                 if tested:
                     self.last_test_return = self.test(cfg.test_episodes)
-                if self.video_clock(episodes) and len(self.buffer):
+                if self.video_clock(episodes) and self._can_sample():
                     self.log_predictions()
                 if self.checkpoint_clock(episodes):
                     self.save_checkpoint()
@@ -296,7 +296,7 @@ class Trainer:
                 if not cfg.progress and (tested or episodes == total):
                     _say(f"episode {episodes}/{total}  env_steps {self.counters['env_steps']}  "
                          f"train_return {train_return:.1f}  test_return {self.last_test_return:.1f}  "
-                         f"updates {self.counters['updates']}  loss {loss:.3f}")
+                         f"updates {self.counters['updates']}" + (f"  loss {loss:.3f}" if metrics else ""))
                 if episodes >= total:
                     break
         finally:
@@ -327,6 +327,10 @@ class Trainer:
         self.logger.log_scalar("train/episode_return", ret, step=self.counters["env_steps"])
         self.logger.log_scalar("train/episodes", self.counters["episodes"] + 1, step=self.counters["env_steps"])
         return ret
+
+    def _can_sample(self) -> bool:
+        lengths = self.buffer.episode_lengths()
+        return bool(len(lengths)) and int(lengths.max()) >= self.cfg.chunk_length
 
     def _check_episode_lengths(self) -> None:
         """Refuses (clearly) a buffer where no episode is as long as ``chunk_length``."""
