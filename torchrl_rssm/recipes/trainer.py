@@ -467,7 +467,9 @@ class Trainer:
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
-        self._buffer_reported = True
+        if len(self.buffer):  # else at the first write, when the row layout is known
+            self._buffer_reported = True
+            _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
 
 
 def find_checkpoint(path: str | Path) -> Path:
