@@ -72,6 +72,15 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
     assert gif.read_bytes()[:6] == b"GIF89a"
     from PIL import Image
     assert Image.open(gif).n_frames == cfg.max_episode_steps
+    # the format the suffix names: MP4 (H.264 through imageio-ffmpeg), from the checkpoint's state.pt
+    mp4 = tmp_path / "eval.mp4"
+    state = Path(cfg.logdir) / "checkpoint" / "state.pt"
+    assert main(["eval", "--checkpoint", str(state), "--episodes", "1", "--video", str(mp4)]) == 0
+    assert mp4.read_bytes()[4:8] == b"ftyp"
+    import imageio.v2 as imageio
+    reader = imageio.get_reader(str(mp4))
+    assert reader.count_frames() == cfg.max_episode_steps and reader.get_data(0).shape == (64, 64, 3)
+    reader.close()
 
 
 def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):
@@ -169,3 +178,66 @@ def test_killed_run_resumes_with_same_buffer_counters_and_config(tmp_path):
     assert result["episodes"] == saved["counters"]["episodes"] + 2
     assert result["updates"] == saved["counters"]["updates"] + cfg.updates_per_episode
     assert len(resumed.buffer) == result["episodes"] * cfg.max_episode_steps
+
+
+def test_exploration_modes_buffer_sized_from_run_and_no_latents_stored(tmp_path, capsys):
+    """Collection under RANDOM, tests and eval under DETERMINISTIC, and no call outside a mode.
+
+    The one extra DETERMINISTIC call is TorchRL's Collector probing the policy when it is built.
+    """
+    from tensordict.nn import TensorDictModuleBase
+    from torchrl.envs.utils import ExplorationType, exploration_type
+
+    from torchrl_rssm.recipes import Trainer
+    from torchrl_rssm.recipes.evaluate import evaluate
+    from torchrl_rssm.recipes.planet import PlaNetAgent
+
+    modes = []
+
+    class Recorder(TensorDictModuleBase):
+        def __init__(self, policy):
+            super().__init__()
+            self.policy, self.in_keys, self.out_keys = policy, policy.in_keys, policy.out_keys
+
+        def forward(self, td):
+            modes.append(exploration_type())
+            return self.policy(td)
+
+        def make_tensordict_primer(self):
+            return self.policy.make_tensordict_primer()
+
+    class RecordingAgent(PlaNetAgent):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.policy = Recorder(self.policy)
+
+    cfg = tiny(tmp_path, video_every=0, buffer_capacity=None)
+    trainer = Trainer(cfg, RecordingAgent)
+    # capacity from the run: (seed + agent episodes) x steps
+    assert trainer.buffer.storage.max_size == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps
+    trainer.train()
+    steps, total = cfg.max_episode_steps, cfg.seed_episodes + cfg.episodes
+    assert set(modes) == {ExplorationType.RANDOM, ExplorationType.DETERMINISTIC}
+    assert modes.count(ExplorationType.RANDOM) == cfg.episodes * steps  # seed episodes act at random
+    assert modes.count(ExplorationType.DETERMINISTIC) == 1 + total * steps  # probe + a batched test per episode
+    modes.clear()
+    evaluate(trainer, episodes=2)
+    assert modes == [ExplorationType.DETERMINISTIC] * steps
+    stored = set(trainer.buffer.storage.get(slice(0, 1)).keys(True, True))
+    assert not stored & {"state", "belief", ("next", "state"), ("next", "belief"), "plan", ("next", "plan")}
+    assert {"observation", ("next", "observation"), "action", ("next", "reward"), "is_init"} <= stored
+    assert "replay buffer: capacity 60 steps on cpu" in capsys.readouterr().err
+
+
+def test_episodes_shorter_than_chunk_length_are_refused_clearly(tmp_path, capsys):
+    from torchrl_rssm.recipes import EpisodeTooShortError
+
+    with pytest.raises(EpisodeTooShortError, match=r"max_episode_steps=5 .*chunk_length=8"):
+        PlaNetTrainer(tiny(tmp_path, max_episode_steps=5))
+    # CartPole at repeat 8 terminates after a few agent steps: refused once the seed episodes are in
+    argv = ["train", "--preset", "tiny", "--env", "gym:CartPole-v1", "--set", "action_repeat=8",
+            "--logdir", str(tmp_path / "cartpole"), "--no-progress", "--set", "test_every=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no stored episode is as long as chunk_length=8" in err and "observed episode lengths" in err
+    assert "Traceback" not in err
