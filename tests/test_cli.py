@@ -110,3 +110,23 @@ def test_resume_keeps_the_runs_settings_and_streams_stay_apart(tmp_path, capsys)
     assert "episode 4/4" in err and "replay buffer: capacity" in err  # --no-progress status lines
     saved = torch.load(f"{logdir}/checkpoint/state.pt", weights_only=False)["config"]
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == saved
+
+
+def test_docstring_examples():
+    """The examples in the recipe, replay and CLI docstrings run as written."""
+    import doctest
+
+    import torchrl_rssm.cli
+    import torchrl_rssm.data.replay
+    import torchrl_rssm.recipes.agent
+    import torchrl_rssm.recipes.config
+    import torchrl_rssm.recipes.evaluate
+    import torchrl_rssm.recipes.planet
+    import torchrl_rssm.recipes.tensorboard
+    import torchrl_rssm.recipes.trainer
+
+    for module in (torchrl_rssm.recipes.config, torchrl_rssm.recipes.agent, torchrl_rssm.recipes.planet,
+                   torchrl_rssm.recipes.trainer, torchrl_rssm.recipes.evaluate, torchrl_rssm.data.replay,
+                   torchrl_rssm.recipes.tensorboard, torchrl_rssm.cli):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 
 from .recipes.config import AGENTS, FIELD_HELP, PRESETS, TASK_FIELDS, RunConfig, apply_overrides, override_keys, \
     preset, presets_by_agent
@@ -92,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from <logdir>/checkpoint with the run's own settings")
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                       help="no progress bar: a status line per test on stderr instead")
+                       help="no progress bar: a status line per test and per checkpoint on stderr instead")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any configuration field (repeatable; fields listed below)")
 
@@ -133,13 +132,9 @@ def train_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
     if not args.resume:
         return cfg, False
     # a resumed run keeps its own settings; what this command line sets explicitly overrides them
-    from .recipes.trainer import CHECKPOINT_DIR, saved_config
+    from .recipes.checkpoint import saved_config
 
-    logdir = Path(cfg.logdir)
-    source = logdir / CHECKPOINT_DIR
-    if not (source / "state.pt").exists() and (logdir / f"{CHECKPOINT_DIR}.old" / "state.pt").exists():
-        source = logdir / f"{CHECKPOINT_DIR}.old"  # killed between the two renames of a save
-    resumed = saved_config(source)
+    resumed = saved_config(cfg.logdir)  # also recovers a checkpoint a kill left as checkpoint.old
     resumed.logdir = cfg.logdir
     for key in set(explicit) | set_keys:
         if key != "logdir":

@@ -74,7 +74,8 @@ from torchrl.envs.transforms import Compose, DeviceCastTransform
 
 from ..envs.transforms import Dequantize
 
-__all__ = ["DEFAULT_EXCLUDE_KEYS", "ChunkSliceSampler", "SequenceReplayBuffer", "load_replay_buffer", "make_replay_buffer", "save_replay_buffer"]
+__all__ = ["DEFAULT_EXCLUDE_KEYS", "ChunkSliceSampler", "SequenceReplayBuffer", "load_replay_buffer",
+           "make_replay_buffer", "save_replay_buffer"]
 
 _END_KEYS: tuple[NestedKey, ...] = (("next", "done"), ("next", "terminated"), ("next", "truncated"))
 _COLLECTOR_TRAJ_KEY: NestedKey = ("collector", "traj_ids")

@@ -147,7 +147,7 @@ class RunConfig:
     video_every: int = 50
     """episodes between reconstruction images / open-loop videos (0: never)"""
     progress: bool = True
-    """progress bar (else a line per test on stderr)"""
+    """progress bar on stderr (else a status line per test and per checkpoint)"""
 
     #: fields that may differ when resuming a run (everything else must match the checkpoint)
     RESUMABLE: ClassVar[tuple[str, ...]] = (

@@ -34,7 +34,6 @@ from __future__ import annotations
 import importlib
 import json
 import random
-import shutil
 import sys
 import time
 import warnings
@@ -49,24 +48,21 @@ from torchrl.envs import SerialEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from tqdm import tqdm
 
-from ..data import load_replay_buffer, make_replay_buffer, save_replay_buffer
+from ..data import load_replay_buffer, make_replay_buffer
 from ..envs import make_env
 from ..objectives import NonFiniteInputError
 from .agent import Agent
-from .config import AGENTS, RunConfig, from_dict
-from .logging import RSSMTensorboardLogger
+from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
+                         saved_config, set_rng_state, write_checkpoint)
+from .config import AGENTS, RunConfig
+from .tensorboard import RSSMTensorboardLogger
 
 __all__ = ["CHECKPOINT_DIR", "ConfigMismatchError", "EpisodeTooShortError", "Every", "MAX_BUFFER_STEPS", "Trainer",
            "agent_class", "find_checkpoint", "load_trainer", "resolve_device"]
 
-CHECKPOINT_DIR = "checkpoint"
 #: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
 MAX_BUFFER_STEPS = 1_000_000
 _CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo")
-
-
-class ConfigMismatchError(ValueError):
-    """A checkpoint was written with a different configuration."""
 
 
 class EpisodeTooShortError(ValueError):
@@ -159,7 +155,7 @@ class Trainer:
         self.logdir = Path(cfg.logdir)
         self.checkpoint_dir = self.logdir / CHECKPOINT_DIR
         if resume:
-            self._check_config_matches_checkpoint()
+            check_config(cfg, self.logdir)
         elif (self.checkpoint_dir / "state.pt").exists():
             raise FileExistsError(
                 f"{self.checkpoint_dir} holds a checkpoint: pass resume=True (--resume) to continue it, "
@@ -191,11 +187,11 @@ class Trainer:
         self.checkpoint_clock = Every(cfg.checkpoint_every)
         self._buffer_reported = False
         if resume:
-            self.load_checkpoint()
+            self.load_checkpoint()  # config.json is rewritten with the next checkpoint, never before
         else:
             self.logger.log_hparams(self.cfg.to_dict())
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
 
     # ------------------------------------------------------------------ parts
     @property
@@ -288,12 +284,13 @@ class Trainer:
                     self.last_test_return = self.test(cfg.test_episodes)
                 if self.video_clock(episodes) and self._can_sample():
                     self.log_predictions()
-                if self.checkpoint_clock(episodes):
+                checkpointed = self.checkpoint_clock(episodes)
+                if checkpointed:
                     self.save_checkpoint()
                 bar.update(1)
                 loss = metrics.get("loss", float("nan"))
                 bar.set_postfix(ret=f"{train_return:.1f}", test=f"{self.last_test_return:.1f}", loss=f"{loss:.2f}")
-                if not cfg.progress and (tested or episodes == total):
+                if not cfg.progress and (tested or checkpointed or episodes == total):
                     _say(f"episode {episodes}/{total}  env_steps {self.counters['env_steps']}  "
                          f"train_return {train_return:.1f}  test_return {self.last_test_return:.1f}  "
                          f"updates {self.counters['updates']}" + (f"  loss {loss:.3f}" if metrics else ""))
@@ -416,43 +413,15 @@ class Trainer:
         return {
             **agent_state, "agent_keys": sorted(agent_state), "algo": self.cfg.algo,
             "config": self.cfg.to_dict(), "counters": dict(self.counters),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": get_rng_state(),
             "last_test_return": self.last_test_return,
         }
 
     def save_checkpoint(self) -> Path:
-        """Writes the checkpoint atomically: a kill during the write leaves the previous one intact."""
-        tmp = self.logdir / (CHECKPOINT_DIR + ".tmp")
-        old = self.logdir / (CHECKPOINT_DIR + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(self.state_dict(), tmp / "state.pt")
-        save_replay_buffer(self.buffer, tmp / "replay")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.checkpoint_dir.exists():
-            self.checkpoint_dir.rename(old)
-        tmp.rename(self.checkpoint_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        """Writes the checkpoint atomically (and config.json beside it, so they always match)."""
+        path = write_checkpoint(self.logdir, self.state_dict(), self.buffer)
         self._write_config()
-        return self.checkpoint_dir
-
-    def _check_config_matches_checkpoint(self) -> None:
-        path = self.checkpoint_dir / "state.pt"
-        if not path.exists():
-            old = self.logdir / (CHECKPOINT_DIR + ".old")  # killed between the two renames
-            if (old / "state.pt").exists():
-                old.rename(self.checkpoint_dir)
-            else:
-                raise FileNotFoundError(f"resume: no checkpoint at {path}.")
-        saved = torch.load(path, map_location="cpu", weights_only=False)["config"]
-        diff = self.cfg.mismatches(saved)
-        if diff:
-            lines = ", ".join(f"{k}: checkpoint={a!r}, now={b!r}" for k, (a, b) in diff.items())
-            raise ConfigMismatchError(
-                f"The checkpoint in {self.checkpoint_dir} was written with a different configuration ({lines}). "
-                "Resume with the same settings, or start a new run in another logdir."
-            )
+        return path
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_dir / "state.pt", map_location=self.device, weights_only=False)
@@ -460,35 +429,11 @@ class Trainer:
         self.agent.load_state_dict({k: state[k] for k in keys})
         self.counters.update(state["counters"])
         self.last_test_return = state.get("last_test_return", float("nan"))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        set_rng_state(state["rng"])
         self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
         if len(self.buffer):  # else at the first write, when the row layout is known
             self._buffer_reported = True
             _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory for a run's logdir, its ``checkpoint`` folder or its ``state.pt``."""
-    given = Path(path)
-    candidates = [given.parent] if given.is_file() else [given, given / CHECKPOINT_DIR]
-    for candidate in candidates:
-        if (candidate / "state.pt").is_file():
-            return candidate
-    raise FileNotFoundError(f"checkpoint={str(path)!r}: no state.pt found (give a run's logdir, its "
-                            f"{CHECKPOINT_DIR}/ folder or {CHECKPOINT_DIR}/state.pt).")
-
-
-def saved_config(path: str | Path) -> RunConfig:
-    """The configuration a checkpoint was written with (``logdir`` set to its run directory)."""
-    checkpoint = find_checkpoint(path)
-    cfg = from_dict(torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)["config"])
-    cfg.logdir = str(checkpoint.parent)
-    return cfg
 
 
 def load_trainer(checkpoint: str | Path, device: str | None = None, **overrides) -> Trainer:
