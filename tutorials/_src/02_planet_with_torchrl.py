@@ -278,4 +278,4 @@ from torchrl_rssm.recipes import preset
 
 {k: v for k, v in preset("quick").to_dict().items()
  if k in ("env", "from_pixels", "episodes", "updates_per_episode", "batch_size", "chunk_length",
-          "num_candidates", "planning_horizon", "optim_steps", "top_k", "logdir")}
+          "candidates", "horizon", "optim_steps", "top_k", "logdir")}
