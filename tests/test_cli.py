@@ -103,7 +103,7 @@ def test_resume_keeps_the_runs_settings_and_streams_stay_apart(tmp_path, capsys)
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert len(lines) == 1, out  # only the result on stdout
-    result = json.loads(lines[0])
+    result = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
     assert result["episodes"] == cfg.seed_episodes + 2  # the run's count (the tiny preset says 1)
     assert "\x1b[" not in err and "\x1b[" not in out  # no colour codes off a terminal
     assert "[torchrl][INFO]" in err  # torchrl's log lines land on stderr

@@ -142,13 +142,19 @@ def train_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
     return resumed, True
 
 
+def _json_line(result: dict) -> str:
+    """Strict JSON (a NaN, e.g. no test run yet, becomes null)."""
+    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .recipes.trainer import Trainer
 
     cfg, resume = train_config(args)
     trainer = Trainer(cfg, resume=resume)
     result = trainer.train()
-    print(json.dumps({"logdir": cfg.logdir, **result}), flush=True)
+    print(_json_line({"logdir": cfg.logdir, **result}), flush=True)
     return 0
 
 
@@ -160,7 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
         _check_video_path(args.video)  # before building anything
     trainer = load_trainer(args.checkpoint, device=args.device, progress=False)
     result = evaluate(trainer, episodes=args.episodes, video=args.video)
-    print(json.dumps(result), flush=True)
+    print(_json_line(result), flush=True)
     return 0
 
 
