@@ -21,7 +21,10 @@ Episodes shorter than ``chunk_length`` cannot be trained on (chunks never cross 
 boundary, and we neither pad nor shorten chunks): a task whose episode limit is below
 ``chunk_length`` is refused when the trainer is built, and one whose episodes end early
 (e.g. CartPole's termination) is refused with the observed lengths once the seed episodes
-are in, if none of them is long enough. Lower ``chunk_length`` for such tasks.
+are in, if none of them is long enough. Lower ``chunk_length`` for such tasks. (The
+collector's batch is ``max_episode_steps`` agent steps: for a task whose episodes end
+early, an "episode" of the schedule is such a batch, which may hold several episodes; the
+buffer still splits them on their ``done`` flags.)
 
 Checkpoints (agent state, replay buffer, counters, RNG states, config) are written every
 ``checkpoint_every`` episodes and at exit; ``resume=True`` continues from the last one and
