@@ -186,8 +186,6 @@ class Trainer:
         self.counters = dict(episodes=0, env_steps=0, updates=0, skipped_updates=0, dropped_episodes=0)
         self.logger = RSSMTensorboardLogger(exp_name="", log_dir=str(self.logdir))
         self.last_test_return = float("nan")
-        self.test_clock, self.video_clock = Every(cfg.test_every), Every(cfg.video_every)
-        self.checkpoint_clock = Every(cfg.checkpoint_every)
         self._buffer_reported = False
         if resume:
             self.load_checkpoint()  # config.json is rewritten with the next checkpoint, never before
@@ -259,6 +257,8 @@ class Trainer:
         """Runs until ``seed_episodes + episodes`` episodes have been collected."""
         cfg = self.cfg
         total = cfg.seed_episodes + cfg.episodes
+        test_clock, video_clock, checkpoint_clock = Every(cfg.test_every), Every(cfg.video_every), \
+            Every(cfg.checkpoint_every)
         seed_frames = max(0, cfg.seed_episodes - self.counters["episodes"]) * self.episode_steps
         # TorchRL probes the policy once on a reset tensordict while building the collector:
         # run that probe noise-free (see the module docstring).
@@ -282,12 +282,12 @@ class Trainer:
                 if cfg.seed_episodes <= episodes < total:
                     self._check_episode_lengths()
                     metrics = self.update_model(cfg.updates_per_episode)
-                tested = cfg.test_every > 0 and (self.test_clock(episodes) or episodes == total)
+                tested = cfg.test_every > 0 and (test_clock(episodes) or episodes == total)
                 if tested:
                     self.last_test_return = self.test(cfg.test_episodes)
-                if self.video_clock(episodes) and self._can_sample():
+                if video_clock(episodes) and self._can_sample():
                     self.log_predictions()
-                checkpointed = self.checkpoint_clock(episodes)
+                checkpointed = checkpoint_clock(episodes)
                 if checkpointed:
                     self.save_checkpoint()
                 bar.update(1)
