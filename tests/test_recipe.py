@@ -241,3 +241,67 @@ def test_episodes_shorter_than_chunk_length_are_refused_clearly(tmp_path, capsys
     err = capsys.readouterr().err
     assert "no stored episode is as long as chunk_length=8" in err and "observed episode lengths" in err
     assert "Traceback" not in err
+
+
+def test_trainer_core_runs_any_agent_on_the_protocol(tmp_path):
+    """A minimal non-PlaNet agent (linear actor, reward regressor) gets the loop, NaN policy,
+    metrics, checkpoints and resume from the core: what a DreamerAgent relies on."""
+    from tensordict.nn import TensorDictModule
+    from torchrl.envs import Compose
+
+    from torchrl_rssm.objectives import NonFiniteInputError
+    from torchrl_rssm.recipes import Agent, Trainer
+
+    class RegressionAgent(Agent):
+        name = "regression"
+
+        def __init__(self, cfg, env, device):
+            obs, act = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+            self.policy = TensorDictModule(torch.nn.Sequential(torch.nn.Linear(obs, act), torch.nn.Tanh()),
+                                           in_keys=["observation"], out_keys=["action"])
+            self.policy.make_tensordict_primer = Compose  # no recurrent entries
+            self.reward_model = torch.nn.Linear(obs + act, 1)
+            self.optimizer = torch.optim.SGD(self.reward_model.parameters(), lr=0.01)
+            self.batches = []
+            self.loaded = None
+
+        def update(self, batch):
+            self.batches.append(batch.shape)
+            x = torch.cat([batch["observation"], batch["action"]], -1)
+            if not torch.isfinite(x).all():
+                raise NonFiniteInputError("non-finite observation")
+            loss = (self.reward_model(x) - batch["next", "reward"]).pow(2).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            return {"loss_reward": loss.detach(), "regression/scale": x.abs().mean()}
+
+        def state_dict(self):
+            return {"reward_model": self.reward_model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+        def load_state_dict(self, state):
+            self.loaded = state
+            self.reward_model.load_state_dict(state["reward_model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    cfg = tiny(tmp_path, video_every=0, episodes=2)
+    trainer = Trainer(cfg, RegressionAgent)
+    result = trainer.train()
+    assert result["updates"] == cfg.episodes * cfg.updates_per_episode
+    assert trainer.agent.batches == [torch.Size([cfg.batch_size, cfg.chunk_length])] * result["updates"]
+    _, tags = _tags(cfg.logdir)
+    assert {"loss/loss_reward", "regression/scale", "test/return"} <= set(tags["scalars"])
+    saved = torch.load(Path(cfg.logdir) / "checkpoint" / "state.pt", weights_only=False)
+    assert saved["agent_keys"] == ["optimizer", "reward_model"]
+    resumed = Trainer(cfg, RegressionAgent, resume=True)
+    assert set(resumed.agent.loaded) == {"optimizer", "reward_model"}
+    torch.testing.assert_close(resumed.agent.reward_model.weight, trainer.agent.reward_model.weight)
+    # the core's NaN policy around the agent's NonFiniteInputError
+    storage = resumed.buffer.storage
+    row = storage[0]
+    row["observation"] = torch.full_like(row["observation"], float("nan"))
+    for i in range(len(resumed.buffer)):
+        storage.set(i, row)
+    with pytest.warns(RuntimeWarning, match="Update skipped: non-finite observation"):
+        resumed.update_model(2)
+    assert resumed.counters["skipped_updates"] == 2
