@@ -74,7 +74,7 @@ def measure(name: str, cfg, steps: int, updates: int, device: str) -> list[dict]
     collector.shutdown()
     repeat = trainer.action_repeat
     cfg_row = dict(env=cfg.env, from_pixels=cfg.from_pixels, batch=cfg.batch_size, chunk=cfg.chunk_length,
-                   candidates=cfg.candidates, horizon=cfg.horizon, iterations=cfg.optim_steps, top_k=cfg.top_k,
+                   candidates=cfg.num_candidates, horizon=cfg.planning_horizon, iterations=cfg.optim_steps, top_k=cfg.top_k,
                    belief=cfg.belief_dim, state=cfg.state_dim, action_repeat=repeat,
                    threads=torch.get_num_threads())
     return [
@@ -94,7 +94,7 @@ def main() -> None:
                    updates=args.repeats or (5 if args.quick else 20), device=args.device)
     planet = preset("cartpole-swingup")
     if args.quick:  # the paper's shapes cost ~20 s per update and ~1 s per action on a 2-core CPU
-        planet.batch_size, planet.chunk_length, planet.candidates, planet.top_k = 8, 16, 200, 20
+        planet.batch_size, planet.chunk_length, planet.num_candidates, planet.top_k = 8, 16, 200, 20
     name = "PlaNet setting, pixels" + (" (reduced: --quick)" if args.quick else "")
     rows += measure(name, planet, steps=4 if args.quick else 10, updates=args.repeats or (2 if args.quick else 3),
                     device=args.device)

@@ -72,6 +72,15 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
     assert gif.read_bytes()[:6] == b"GIF89a"
     from PIL import Image
     assert Image.open(gif).n_frames == cfg.max_episode_steps
+    # the format the suffix names: MP4 (H.264 through imageio-ffmpeg), from the checkpoint's state.pt
+    mp4 = tmp_path / "eval.mp4"
+    state = Path(cfg.logdir) / "checkpoint" / "state.pt"
+    assert main(["eval", "--checkpoint", str(state), "--episodes", "1", "--video", str(mp4)]) == 0
+    assert mp4.read_bytes()[4:8] == b"ftyp"
+    import imageio.v2 as imageio
+    reader = imageio.get_reader(str(mp4))
+    assert reader.count_frames() == cfg.max_episode_steps and reader.get_data(0).shape == (64, 64, 3)
+    reader.close()
 
 
 def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):
@@ -100,7 +109,7 @@ def test_unavailable_device_unknown_env_and_bad_overrides_are_named(tmp_path):
         PlaNetTrainer(tiny(tmp_path, env="dmc:cartpol-swingup"))
     with pytest.raises(ValueError, match="unknown field 'learning_rate'"):
         apply_overrides(preset("tiny"), ["learning_rate=1"])
-    with pytest.raises(ValueError, match="expected a float"):
+    with pytest.raises(ValueError, match="expected a number"):
         apply_overrides(preset("tiny"), ["lr=fast"])
     assert main(["train", "--preset", "tiny", "--device", "cuda:99", "--logdir", str(tmp_path / "x")]) == 2
 
@@ -169,3 +178,130 @@ def test_killed_run_resumes_with_same_buffer_counters_and_config(tmp_path):
     assert result["episodes"] == saved["counters"]["episodes"] + 2
     assert result["updates"] == saved["counters"]["updates"] + cfg.updates_per_episode
     assert len(resumed.buffer) == result["episodes"] * cfg.max_episode_steps
+
+
+def test_exploration_modes_buffer_sized_from_run_and_no_latents_stored(tmp_path, capsys):
+    """Collection under RANDOM, tests and eval under DETERMINISTIC, and no call outside a mode.
+
+    The one extra DETERMINISTIC call is TorchRL's Collector probing the policy when it is built.
+    """
+    from tensordict.nn import TensorDictModuleBase
+    from torchrl.envs.utils import ExplorationType, exploration_type
+
+    from torchrl_rssm.recipes import Trainer
+    from torchrl_rssm.recipes.evaluate import evaluate
+    from torchrl_rssm.recipes.planet import PlaNetAgent
+
+    modes = []
+
+    class Recorder(TensorDictModuleBase):
+        def __init__(self, policy):
+            super().__init__()
+            self.policy, self.in_keys, self.out_keys = policy, policy.in_keys, policy.out_keys
+
+        def forward(self, td):
+            modes.append(exploration_type())
+            return self.policy(td)
+
+        def make_tensordict_primer(self):
+            return self.policy.make_tensordict_primer()
+
+    class RecordingAgent(PlaNetAgent):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.policy = Recorder(self.policy)
+
+    cfg = tiny(tmp_path, video_every=0, buffer_capacity=None)
+    trainer = Trainer(cfg, RecordingAgent)
+    # capacity from the run: (seed + agent episodes) x steps
+    assert trainer.buffer.storage.max_size == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps
+    trainer.train()
+    steps, total = cfg.max_episode_steps, cfg.seed_episodes + cfg.episodes
+    assert set(modes) == {ExplorationType.RANDOM, ExplorationType.DETERMINISTIC}
+    assert modes.count(ExplorationType.RANDOM) == cfg.episodes * steps  # seed episodes act at random
+    assert modes.count(ExplorationType.DETERMINISTIC) == 1 + total * steps  # probe + a batched test per episode
+    modes.clear()
+    evaluate(trainer, episodes=2)
+    assert modes == [ExplorationType.DETERMINISTIC] * steps
+    stored = set(trainer.buffer.storage.get(slice(0, 1)).keys(True, True))
+    assert not stored & {"state", "belief", ("next", "state"), ("next", "belief"), "plan", ("next", "plan")}
+    assert {"observation", ("next", "observation"), "action", ("next", "reward"), "is_init"} <= stored
+    assert "replay buffer: capacity 60 steps on cpu" in capsys.readouterr().err
+
+
+def test_episodes_shorter_than_chunk_length_are_refused_clearly(tmp_path, capsys):
+    from torchrl_rssm.recipes import EpisodeTooShortError
+
+    with pytest.raises(EpisodeTooShortError, match=r"max_episode_steps=5 .*chunk_length=8"):
+        PlaNetTrainer(tiny(tmp_path, max_episode_steps=5))
+    # CartPole at repeat 8 terminates after a few agent steps: refused once the seed episodes are in
+    argv = ["train", "--preset", "tiny", "--env", "gym:CartPole-v1", "--set", "action_repeat=8",
+            "--logdir", str(tmp_path / "cartpole"), "--no-progress", "--set", "test_every=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no stored episode is as long as chunk_length=8" in err and "observed episode lengths" in err
+    assert "Traceback" not in err
+
+
+def test_trainer_core_runs_any_agent_on_the_protocol(tmp_path):
+    """A minimal non-PlaNet agent (linear actor, reward regressor) gets the loop, NaN policy,
+    metrics, checkpoints and resume from the core: what a DreamerAgent relies on."""
+    from tensordict.nn import TensorDictModule
+    from torchrl.envs import Compose
+
+    from torchrl_rssm.objectives import NonFiniteInputError
+    from torchrl_rssm.recipes import Agent, Trainer
+
+    class RegressionAgent(Agent):
+        name = "regression"
+
+        def __init__(self, cfg, env, device):
+            obs, act = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+            self.policy = TensorDictModule(torch.nn.Sequential(torch.nn.Linear(obs, act), torch.nn.Tanh()),
+                                           in_keys=["observation"], out_keys=["action"])
+            self.policy.make_tensordict_primer = Compose  # no recurrent entries
+            self.reward_model = torch.nn.Linear(obs + act, 1)
+            self.optimizer = torch.optim.SGD(self.reward_model.parameters(), lr=0.01)
+            self.batches = []
+            self.loaded = None
+
+        def update(self, batch):
+            self.batches.append(batch.shape)
+            x = torch.cat([batch["observation"], batch["action"]], -1)
+            if not torch.isfinite(x).all():
+                raise NonFiniteInputError("non-finite observation")
+            loss = (self.reward_model(x) - batch["next", "reward"]).pow(2).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            return {"loss_reward": loss.detach(), "regression/scale": x.abs().mean()}
+
+        def state_dict(self):
+            return {"reward_model": self.reward_model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+        def load_state_dict(self, state):
+            self.loaded = state
+            self.reward_model.load_state_dict(state["reward_model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    cfg = tiny(tmp_path, video_every=0, episodes=2)
+    trainer = Trainer(cfg, RegressionAgent)
+    result = trainer.train()
+    assert result["updates"] == cfg.episodes * cfg.updates_per_episode
+    assert trainer.agent.batches == [torch.Size([cfg.batch_size, cfg.chunk_length])] * result["updates"]
+    _, tags = _tags(cfg.logdir)
+    assert {"loss/loss_reward", "regression/scale", "test/return"} <= set(tags["scalars"])
+    saved = torch.load(Path(cfg.logdir) / "checkpoint" / "state.pt", weights_only=False)
+    assert saved["agent_keys"] == ["optimizer", "reward_model"]
+    resumed = Trainer(cfg, RegressionAgent, resume=True)
+    assert set(resumed.agent.loaded) == {"optimizer", "reward_model"}
+    torch.testing.assert_close(resumed.agent.reward_model.weight, trainer.agent.reward_model.weight)
+    # the core's NaN policy around the agent's NonFiniteInputError
+    storage = resumed.buffer.storage
+    row = storage[0]
+    row["observation"] = torch.full_like(row["observation"], float("nan"))
+    for i in range(len(resumed.buffer)):
+        storage.set(i, row)
+    with pytest.warns(RuntimeWarning, match="Update skipped: non-finite observation"):
+        resumed.update_model(2)
+    assert resumed.counters["skipped_updates"] == 2

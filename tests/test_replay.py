@@ -266,3 +266,71 @@ def test_with_sync_data_collector(buffer_in_collector):
         assert (batch["step_count"].squeeze(-1).diff(dim=1) == 1).all()
         assert batch["next", "pixels"].dtype == torch.float32 and batch["next", "pixels"].shape == (8, 3, 3, 64, 64)
         assert batch["pixels"].min() >= -0.5 and batch["pixels"].max() < 0.5
+
+
+def _three_episodes_in_one_extend(flag: str) -> TensorDict:
+    """Episodes of 4, 6 and 5 steps, concatenated, carrying only one boundary flag."""
+    data = torch.cat([episode(ep, n, pixels=False) for ep, n in enumerate((4, 6, 5))])
+    if flag == "is_init":
+        del data["next", "done"]
+    else:
+        del data["is_init"]
+    return data
+
+
+@pytest.mark.parametrize("flag", ["is_init", "done"])
+def test_one_extend_with_several_episodes_splits_on_each_flag_alone(flag):
+    """Only ``is_init`` (or only ``("next", "done")``) present: still three episodes, split where they end."""
+    rb = make_replay_buffer(100, batch_size=8, chunk_length=4, dequantize_bits=None)
+    data = _three_episodes_in_one_extend(flag)
+    assert set(data.keys(True, True)) & {"is_init", ("next", "done")} == {"is_init" if flag == "is_init"
+                                                                        else ("next", "done")}
+    rb.extend(data)
+    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    assert ids.tolist() == [0] * 4 + [1] * 6 + [2] * 5
+    assert rb.episode_lengths().tolist() == [4, 6, 5]
+    for _ in range(20):
+        assert_chunks_within_episodes(rb.sample(), 4)
+
+
+def test_recorded_latents_and_plan_are_not_stored_root_observation_is():
+    """Training never reads the policy's latents or warm-start plan; the root observation it does read."""
+    from torchrl_rssm.data import DEFAULT_EXCLUDE_KEYS
+
+    data = episode(0, 6)
+    for key in ("state", "belief", "plan", ("next", "state"), ("next", "belief"), ("next", "plan")):
+        data[key] = torch.randn(6, 3)
+    rb = make_replay_buffer(50, batch_size=1, chunk_length=3)
+    rb.extend(data)
+    stored = set(rb.storage.get(slice(0, 6)).keys(True, True))
+    assert not stored & {"state", "belief", "plan", ("next", "state"), ("next", "belief"), ("next", "plan")}
+    assert {"pixels", ("next", "pixels"), "obs", "action"} <= stored
+    assert len(DEFAULT_EXCLUDE_KEYS) == 6
+    # the size report: bytes of one stored step, counted by hand
+    per_step = (2 * 3 * 8 * 8 * 1  # pixels, root and next (uint8)
+                + 4 + 8 + 2 * 4     # obs (float32), t (int64), action (2 x float32)
+                + 1 + 1 + 8)        # is_init, ("next", "done"), episode id (int64)
+    assert rb.bytes_per_step == per_step
+    assert f"{per_step * 50 / 1e3:.1f} kB when full" in rb.describe()
+    assert "capacity 50 steps on cpu" in rb.describe()
+    keep_all = make_replay_buffer(50, batch_size=1, chunk_length=3, exclude_keys=())
+    keep_all.extend(data)
+    assert ("next", "belief") in keep_all.storage.get(slice(0, 6)).keys(True, True)
+
+
+def test_storage_device_is_recorded_and_samples_move_to_device():
+    """Storage in host memory, sampled batches on the training device (the CUDA half runs where CUDA is)."""
+    from torchrl.envs.transforms import DeviceCastTransform
+
+    same = make_replay_buffer(50, batch_size=2, chunk_length=3, dequantize_bits=None, storage_device="cpu")
+    same.extend(episode(0, 8))
+    assert same.config["storage_device"] == "cpu" and same.config["device"] == "cpu"
+    assert not any(isinstance(t, DeviceCastTransform) for t in same.transform)
+    assert same.sample()["obs"].device.type == "cpu"
+    if torch.cuda.is_available():  # DeviceCastTransform(cuda) touches CUDA when built
+        rb = make_replay_buffer(50, batch_size=2, chunk_length=3, device="cuda", storage_device="cpu")
+        rb.extend(episode(0, 8))
+        assert rb.storage.get(slice(0, 1))["obs"].device.type == "cpu"
+        batch = rb.sample()
+        assert batch["obs"].device.type == "cuda" and batch["next", "pixels"].dtype == torch.float32
+        assert rb.config["storage_device"] == "cpu" and rb.config["device"] == "cuda"

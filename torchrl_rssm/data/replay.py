@@ -41,6 +41,17 @@ says so. Chunk starts are uniform within an episode and episodes are picked
 uniformly (not in proportion to their length; for dm_control's fixed-length
 episodes this makes no difference).
 
+What is stored
+--------------
+By default the buffer drops the policy's recorded latents (``state``/``belief``, root and
+``next``) and its warm-start ``plan`` (:data:`DEFAULT_EXCLUDE_KEYS`): training starts every
+chunk from the initial latent and filters the observations itself, so these are never read.
+Both the root observation (``pixels``/``observation``, read at the first step of each
+chunk, where the RSSM filters o_0 with a zero action) and ``("next", obs)`` are kept: for
+64x64 pixels that is 2 x 12,288 bytes per step (uint8), about 24.6 kB per step with the
+rest (1.2 GB per 50,000 steps). :meth:`SequenceReplayBuffer.describe` reports the capacity
+and the estimated memory once the first write has fixed the row layout.
+
 Sampled chunks also carry TorchRL's slice markers: ``("next", "truncated")``
 (and ``("next", "done")``) is set at the last step of every chunk and
 ``is_init`` at the first (OR-ed with the stored flags); the RSSM starts every
@@ -49,6 +60,7 @@ chunk from a zero state, which is what ``is_init`` asks for.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,11 +74,19 @@ from torchrl.envs.transforms import Compose, DeviceCastTransform
 
 from ..envs.transforms import Dequantize
 
-__all__ = ["ChunkSliceSampler", "SequenceReplayBuffer", "load_replay_buffer", "make_replay_buffer", "save_replay_buffer"]
+__all__ = ["DEFAULT_EXCLUDE_KEYS", "ChunkSliceSampler", "SequenceReplayBuffer", "load_replay_buffer",
+           "make_replay_buffer", "save_replay_buffer"]
 
 _END_KEYS: tuple[NestedKey, ...] = (("next", "done"), ("next", "terminated"), ("next", "truncated"))
 _COLLECTOR_TRAJ_KEY: NestedKey = ("collector", "traj_ids")
 _FORMAT_VERSION = 1
+_LOG = logging.getLogger("torchrl_rssm.data")
+
+#: Entries the buffer drops by default: the acting policy's recorded latents and warm-start
+#: plan (training never reads them; see "What is stored").
+DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = (
+    "state", "belief", "plan", ("next", "state"), ("next", "belief"), ("next", "plan"),
+)
 
 
 class _FlagRows:
@@ -146,6 +166,8 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         self.config = dict(config or {})
         self._episode_state = _fresh_episode_state()
         self._warned_no_boundaries = False
+        #: bytes of one stored step (set at the first write)
+        self.bytes_per_step: int | None = None
 
     # ------------------------------------------------------------------ writing
     def _label_episodes(self, data: TensorDictBase) -> TensorDictBase:
@@ -212,7 +234,30 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
             raise TypeError(
                 f"SequenceReplayBuffer.extend: tensordicts must be a TensorDict, got {type(tensordicts).__name__}."
             )
-        return super().extend(self._label_episodes(tensordicts), update_priority=update_priority)
+        data = self._label_episodes(tensordicts)
+        first = len(self) == 0 and self.bytes_per_step is None
+        if first and data.numel():
+            self.bytes_per_step = sum(v[0].numel() * v.element_size() for v in data.values(True, True))
+            _LOG.debug("SequenceReplayBuffer: %s", self.describe())
+        return super().extend(data, update_priority=update_priority)
+
+    def describe(self) -> str:
+        """Capacity, storage device and estimated memory (known after the first write)."""
+        capacity = self.storage.max_size
+        where = "disk (memmap)" if isinstance(self.storage, LazyMemmapStorage) else str(
+            getattr(self.storage, "device", "cpu"))
+        if self.bytes_per_step is None:
+            return f"capacity {capacity:,} steps on {where} (size known after the first write)"
+        total = self.bytes_per_step * capacity
+        return (f"capacity {capacity:,} steps on {where}, {self.bytes_per_step / 1e3:.1f} kB per step, "
+                f"about {_human_bytes(total)} when full")
+
+    def episode_lengths(self) -> torch.Tensor:
+        """Stored steps of each stored episode (or surviving piece), in id order."""
+        if len(self) == 0:
+            return torch.zeros(0, dtype=torch.int64)
+        ids = self.storage.get(slice(0, len(self))).get(self.traj_key).reshape(-1)
+        return torch.unique(ids, return_counts=True)[1]
 
     def add(self, data: TensorDictBase) -> int:
         """Adds one step (a tensordict with empty batch size); returns its storage index."""
@@ -299,6 +344,14 @@ def _recover_episode_state(rb: SequenceReplayBuffer) -> dict[str, Any]:
     return state
 
 
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def _check_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"make_replay_buffer: {name} must be an int >= {minimum}, got {value!r}.")
@@ -324,9 +377,10 @@ def make_replay_buffer(
     dequantize_bits: int | None = 5,
     pixel_keys: Sequence[NestedKey] = ("pixels", ("next", "pixels")),
     traj_key: NestedKey = "episode",
-    exclude_keys: Sequence[NestedKey] = (),
+    exclude_keys: Sequence[NestedKey] = DEFAULT_EXCLUDE_KEYS,
     prefetch: int | None = None,
     generator: torch.Generator | None = None,
+    storage_device: torch.device | str | None = None,
 ) -> SequenceReplayBuffer:
     """Builds the sequence replay buffer: ``rb.sample()`` gives ``[batch_size, chunk_length]``.
 
@@ -336,8 +390,9 @@ def make_replay_buffer(
         batch_size: chunks per sample (``B``; PlaNet: 50).
         chunk_length: steps per chunk (``L``; PlaNet: 50). Chunks never cross an
             episode boundary; shorter episodes are skipped.
-        device: where a ``LazyTensorStorage`` lives (``"cuda"`` keeps the whole
-            buffer on the GPU) and where samples are returned.
+        device: where samples are returned (and, unless ``storage_device`` says
+            otherwise, where a ``LazyTensorStorage`` lives: ``"cuda"`` keeps the whole
+            buffer on the GPU).
         memmap_dir: if given, a ``LazyMemmapStorage`` there (CPU, on disk;
             samples are moved to ``device``). TorchRL refuses to overwrite
             existing memmap files in it: use a fresh directory per buffer.
@@ -348,13 +403,16 @@ def make_replay_buffer(
         pixel_keys: the entries ``Dequantize`` converts (missing ones are skipped,
             so vector-observation data passes untouched).
         traj_key: where the buffer writes its episode ids (the sampler's ``traj_key``).
-        exclude_keys: entries dropped before writing, e.g. ``["pixels"]`` halves
-            the memory of pixel data when only ``("next", "pixels")`` is modelled
-            (the world model reads ``("next", obs)``; the first observation of each
-            episode is then not stored).
+        exclude_keys: entries dropped before writing. Default
+            :data:`DEFAULT_EXCLUDE_KEYS`: the policy's recorded ``state``/``belief``
+            and warm-start ``plan`` (root and ``next``), which training never reads.
+            Pass ``()`` to store everything.
         prefetch: number of batches TorchRL prefetches in background threads.
         generator: RNG for the sampler (reproducible chunk positions; the
             dequantisation noise uses torch's global RNG).
+        storage_device: where a ``LazyTensorStorage`` lives when it differs from
+            ``device``, e.g. ``"cpu"`` storage with ``device="cuda"``: the buffer then
+            fits in host memory and each sampled batch is moved to ``device``.
 
     Examples:
         >>> import torch
@@ -384,10 +442,12 @@ def make_replay_buffer(
         if dequantize_bits > 8:
             raise ValueError(f"make_replay_buffer: dequantize_bits must be in [1, 8] or None, got {dequantize_bits}.")
     device = torch.device(device)
+    storage_device = device if storage_device is None else torch.device(storage_device)
     if memmap_dir is not None:
         storage = LazyMemmapStorage(capacity, scratch_dir=str(memmap_dir))
+        storage_device = torch.device("cpu")
     else:
-        storage = LazyTensorStorage(capacity, device=device)
+        storage = LazyTensorStorage(capacity, device=storage_device)
     sampler = ChunkSliceSampler(
         slice_len=chunk_length,
         traj_key=traj_key,
@@ -395,8 +455,8 @@ def make_replay_buffer(
         cache_values=True,  # boundaries are recomputed only after a write (storage revision)
     )
     transforms = []
-    if memmap_dir is not None and device.type != "cpu":
-        transforms.append(DeviceCastTransform(device, orig_device="cpu"))
+    if storage_device != device:
+        transforms.append(DeviceCastTransform(device, orig_device=storage_device))
     if dequantize_bits is not None:
         transforms.append(Dequantize(dequantize_bits, in_keys=list(pixel_keys)))
     config = {
@@ -404,6 +464,7 @@ def make_replay_buffer(
         "batch_size": batch_size,
         "chunk_length": chunk_length,
         "device": str(device),
+        "storage_device": str(storage_device),
         "memmap": memmap_dir is not None,
         "dequantize_bits": dequantize_bits,
         "pixel_keys": [_key_to_json(k) for k in pixel_keys],
@@ -518,6 +579,7 @@ def load_replay_buffer(
             traj_key=_key_from_json(cfg["traj_key"]),
             exclude_keys=[_key_from_json(k) for k in cfg["exclude_keys"]],
             prefetch=prefetch,
+            storage_device=None if device is not None or memmap_dir is not None else cfg.get("storage_device"),
         )
     else:
         if not isinstance(rb, SequenceReplayBuffer):
@@ -542,6 +604,7 @@ def load_replay_buffer(
         index = torch.arange(n)
         rb.storage.set(index, data)
         rb.sampler.extend(index)
+        rb.bytes_per_step = sum(v[0].numel() * v.element_size() for v in data.values(True, True))
     rb.writer.load_state_dict(state["writer"])
     rb._episode_state = dict(state["episodes"])
     return rb

@@ -1,101 +1,199 @@
-"""PlaNet configuration: one dataclass, presets for the paper's six tasks and a quick CPU preset.
+"""Run configuration: one dataclass for both agents, presets for the paper's tasks and quick CPU runs.
 
 Every field can be overridden from the command line (``torchrl-rssm train --set lr=3e-4``).
+Fields are grouped: environment, world model, world-model loss and optimiser, PlaNet (planner),
+Dreamer (actor and value), schedule, run. Fields are named after the constructor arguments
+they feed (``planning_horizon``, ``num_candidates``, ``lambda_reward``, ``gamma``, ``lmbda``);
+the string under each field is its documentation (``torchrl-rssm presets``, ``--help``).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-from dataclasses import dataclass, field, fields
-from typing import Any
+import difflib
+import inspect
+import textwrap
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from ..envs.factory import PAPER_TASKS
+
+__all__ = ["AGENTS", "FIELD_HELP", "PRESETS", "TASK_FIELDS", "PlaNetConfig", "RunConfig", "apply_overrides",
+           "from_dict", "preset"]
+
+#: Agents the trainer core knows (``algo``); ``dreamer`` needs ``recipes/dreamer.py``.
+AGENTS = ("planet", "dreamer")
 
 
 @dataclass
-class PlaNetConfig:
-    """All settings of a PlaNet run. Defaults are the paper's (appendix A).
+class RunConfig:
+    """All settings of a run (PlaNet or Dreamer). Defaults are PlaNet's paper settings (appendix A).
 
     Examples:
         >>> cfg = preset("quick")
-        >>> cfg.env, cfg.from_pixels
-        ('dmc:cartpole-swingup', False)
+        >>> cfg.env, cfg.from_pixels, cfg.algo
+        ('dmc:cartpole-swingup', False, 'planet')
         >>> apply_overrides(cfg, ["lr=3e-4", "planner=mppi"]).lr
         0.0003
     """
 
-    # environment
+    algo: str = "planet"
+    """agent: "planet" (world model + planner) or "dreamer" (world model + actor and value)"""
+    # --- environment
     env: str = "dmc:cartpole-swingup"
+    """task: dmc:<domain>-<task> or gym:<id>"""
     from_pixels: bool = True
-    action_repeat: int | None = None  # None: the paper's value for the task
-    max_episode_steps: int | None = None  # agent steps; None: 1000 env steps / action_repeat
+    """observe 64x64 images (else the state vector)"""
+    action_repeat: int | None = None
+    """env steps per agent step; None: the paper's value for its DMC domains, else 1"""
+    max_episode_steps: int | None = None
+    """agent steps per episode; None: the task's limit (DMC: 1000 env steps / action_repeat)"""
     bit_depth: int = 5
-    # world model
+    """bits kept per pixel channel"""
+    # --- world model (make_world_model)
     state_dim: int = 30
+    """stochastic latent size"""
     belief_dim: int = 200
+    """deterministic (GRU) latent size"""
     hidden_dim: int = 200
-    embed_dim: int = 200  # vector observations only (pixels: 1024 from the conv stack)
+    """hidden units of the RSSM's MLPs and heads"""
+    embed_dim: int = 200
+    """observation embedding size (vector observations only; pixels: 1024 from the conv stack)"""
     min_std: float = 0.1
+    """lower bound on the latent's standard deviation"""
     compile: bool = False
-    # loss
+    """torch.compile the RSSM step"""
+    # --- world-model loss (RSSMLoss) and optimiser
     free_nats: float = 3.0
+    """KL below this many nats is not penalised"""
     kl_balance: float | None = None
+    """KL balancing weight (None: plain KL)"""
     overshooting_distance: int = 1
+    """latent overshooting distance (1: none)"""
     overshooting_weight: float = 1.0
-    reward_weight: float = 1.0  # the official code uses 10
-    # optimisation
+    """weight of the overshooting KL terms"""
+    lambda_reward: float = 1.0
+    """weight of the reward log-likelihood (the official PlaNet code uses 10)"""
     lr: float = 1e-3
+    """world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)"""
     adam_eps: float = 1e-4
+    """Adam epsilon (all optimisers)"""
     grad_clip: float = 1000.0
+    """gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)"""
     batch_size: int = 50
+    """chunks per update (B)"""
     chunk_length: int = 50
-    # planning and acting
-    planner: str = "cem"  # "cem" or "mppi"
-    horizon: int = 12
+    """steps per chunk (L); episodes shorter than this cannot be trained on"""
+    # --- PlaNet: planning and acting (CEMPlanner / MPPIPlanner, PlaNetPolicy)
+    planner: str = "cem"
+    """"cem" or "mppi\""""
+    planning_horizon: int = 12
+    """H: planning horizon"""
     optim_steps: int = 10
-    candidates: int = 1000
+    """I: optimisation iterations per action"""
+    num_candidates: int = 1000
+    """J: candidate action sequences"""
     top_k: int = 100
+    """K: elites refitted per iteration"""
     mppi_temperature: float = 1.0
+    """MPPI temperature"""
     exploration_noise: float = 0.3
-    # schedule
+    """std of the Gaussian noise added to actions while collecting (both agents)"""
+    # --- Dreamer: behaviour learning (reserved until the Dreamer agent lands; Dreamer v1 defaults)
+    imagination_horizon: int = 15
+    """Dreamer: imagined steps per start state"""
+    gamma: float = 0.99
+    """Dreamer: discount"""
+    lmbda: float = 0.95
+    """Dreamer: lambda of the lambda-returns"""
+    actor_lr: float = 8e-5
+    """Dreamer: actor learning rate"""
+    value_lr: float = 8e-5
+    """Dreamer: value learning rate"""
+    actor_hidden_dim: int = 400
+    """Dreamer: actor hidden units"""
+    value_hidden_dim: int = 400
+    """Dreamer: value hidden units"""
+    # --- schedule
     seed_episodes: int = 5
-    episodes: int = 1000  # training episodes collected with the planner (after the seed episodes)
-    updates_per_episode: int = 100  # C: model updates before each collected episode
-    test_every: int = 25  # episodes
-    test_episodes: int = 5  # run as one batch of environments
-    checkpoint_every: int = 10  # episodes
-    buffer_capacity: int = 1_000_000  # agent steps
-    buffer_on_disk: bool = False  # LazyMemmapStorage under logdir instead of memory / device
-    nan_policy: str = "skip"  # "skip": skip the update, warn and count; "raise": stop with an error
-    # run
+    """S: random episodes before training"""
+    episodes: int = 1000
+    """training episodes collected by the agent (after the seed episodes)"""
+    updates_per_episode: int = 100
+    """C: gradient steps before each collected episode"""
+    test_every: int = 25
+    """episodes between test runs (also one at the end; 0: never)"""
+    test_episodes: int = 5
+    """noise-free test episodes, run as one batch"""
+    checkpoint_every: int = 10
+    """episodes between checkpoints (one is also written at exit)"""
+    buffer_capacity: int | None = None
+    """replay capacity in agent steps; None: from the run, (seed_episodes + episodes) x episode steps, capped"""
+    buffer_device: str = "cpu"
+    """where the replay storage lives; sampled batches move to `device`"""
+    buffer_on_disk: bool = False
+    """LazyMemmapStorage under logdir instead of memory"""
+    nan_policy: str = "skip"
+    """"skip": skip the update, warn and count; "raise": stop with an error"""
+    # --- run
     seed: int = 0
+    """seeds python, numpy, torch and the envs"""
     device: str = "cpu"
-    # torch CPU threads (None: torch's default). Small models gain nothing from a second
-    # thread, and OpenMP threads spinning on a busy machine slow small ops by orders of magnitude.
+    """models and updates: cpu, cuda, cuda:N"""
     num_threads: int | None = None
+    """torch CPU threads (None: torch's default; small models gain nothing from a second)"""
     logdir: str = "runs/planet"
-    video_every: int = 50  # episodes between reconstruction images / open-loop videos (0: never)
+    """TensorBoard logs, config.json and checkpoints"""
+    video_every: int = 50
+    """episodes between reconstruction images / open-loop videos (0: never)"""
     progress: bool = True
+    """progress bar on stderr (else a status line per test and per checkpoint)"""
 
-    # fields that may differ when resuming a run (everything else must match the checkpoint)
-    RESUMABLE: tuple[str, ...] = field(
-        default=("episodes", "test_every", "test_episodes", "checkpoint_every", "device", "logdir",
-                 "video_every", "progress", "compile", "nan_policy", "num_threads"),
-        repr=False, compare=False,
+    #: fields that may differ when resuming a run (everything else must match the checkpoint)
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "episodes", "test_every", "test_episodes", "checkpoint_every", "device", "logdir", "video_every",
+        "progress", "compile", "nan_policy", "num_threads", "buffer_device",
     )
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "RESUMABLE"}
+        return dataclasses.asdict(self)
 
     def mismatches(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Fields that differ from a saved configuration and may not change on resume."""
         mine = self.to_dict()
+        other = _upgrade(other)
         keys = (set(mine) | set(other)) - set(self.RESUMABLE)
-        return {k: (other.get(k), mine.get(k)) for k in sorted(keys) if other.get(k) != mine.get(k)}
+        return {k: (other.get(k), mine.get(k)) for k in sorted(keys)
+                if k in other and other.get(k) != mine.get(k)}
 
 
-# PlaNet's six tasks: the paper's settings; action repeats from the paper's appendix.
-PAPER_ACTION_REPEAT = {
-    "cartpole-swingup": 8, "reacher-easy": 4, "cheetah-run": 4,
-    "finger-spin": 2, "ball_in_cup-catch": 4, "walker-walk": 2,
-}
+#: Old name of the class (PlaNet only).
+PlaNetConfig = RunConfig
+
+
+def _field_help() -> dict[str, str]:
+    """The string under each field, read from the source (CleanRL-style field docs)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(RunConfig)))
+    body = tree.body[0].body
+    out = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            out[node.target.id] = str(after.value.value)
+    return out
+
+
+#: One line of documentation per field.
+FIELD_HELP: dict[str, str] = _field_help()
+
+#: Old field names (checkpoints written before the rename still load).
+RENAMED = {"horizon": "planning_horizon", "candidates": "num_candidates", "reward_weight": "lambda_reward"}
+
+#: Settings that belong to a preset's task: ``--env`` resets them to the new task's defaults.
+TASK_FIELDS = ("action_repeat", "max_episode_steps", "logdir")
+
+# PlaNet's six tasks: the paper's settings; action repeats from the paper's appendix
+# (one table, the environments' PAPER_TASKS).
+PAPER_ACTION_REPEAT = {env.split(":", 1)[1]: repeat for env, repeat in PAPER_TASKS.items()}
 
 PRESETS: dict[str, dict[str, Any]] = {
     task: dict(env=f"dmc:{task}", action_repeat=repeat, logdir=f"runs/planet-{task}")
@@ -107,8 +205,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["quick"] = dict(
     env="dmc:cartpole-swingup", from_pixels=False, action_repeat=8,
     state_dim=16, belief_dim=64, hidden_dim=64, embed_dim=64,
-    batch_size=16, chunk_length=25, lr=3e-3, reward_weight=10.0,
-    horizon=12, optim_steps=6, candidates=256, top_k=25,
+    batch_size=16, chunk_length=25, lr=3e-3, lambda_reward=10.0,
+    planning_horizon=12, optim_steps=6, num_candidates=256, top_k=25,
     seed_episodes=5, episodes=35, updates_per_episode=40,
     test_every=10, test_episodes=4, checkpoint_every=5, buffer_capacity=100_000,
     video_every=0, num_threads=1, logdir="runs/planet-quick",
@@ -123,23 +221,35 @@ PRESETS["quick-pixels"] = dict(
 PRESETS["tiny"] = dict(
     PRESETS["quick"], state_dim=4, belief_dim=16, hidden_dim=16, embed_dim=16,
     batch_size=4, chunk_length=8, max_episode_steps=20, seed_episodes=2, episodes=1,
-    updates_per_episode=3, horizon=4, optim_steps=2, candidates=16, top_k=4,
+    updates_per_episode=3, planning_horizon=4, optim_steps=2, num_candidates=16, top_k=4,
     test_every=1, test_episodes=2, checkpoint_every=1, buffer_capacity=1000,
     video_every=1, logdir="runs/planet-tiny",
 )
 
 
-def preset(name: str) -> PlaNetConfig:
+def presets_by_agent() -> dict[str, list[str]]:
+    """Preset names grouped by their ``algo``."""
+    out: dict[str, list[str]] = {}
+    for name, settings in PRESETS.items():
+        out.setdefault(settings.get("algo", "planet"), []).append(name)
+    return out
+
+
+def preset(name: str) -> RunConfig:
     """The configuration of a named preset (``quick``, ``tiny``, or one of the paper's tasks)."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; available: {sorted(PRESETS)}.")
-    return PlaNetConfig(**PRESETS[name])
+        hint = difflib.get_close_matches(name, PRESETS, n=1)
+        raise ValueError(f"Unknown preset {name!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                         f"available: {sorted(PRESETS)}.")
+    return RunConfig(**PRESETS[name])
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}
 
 
 def _parse_value(text: str, current: Any, name: str) -> Any:
     if text.lower() in ("none", "null"):
         return None
-    kind = type(current)
     if isinstance(current, bool):
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -153,26 +263,56 @@ def _parse_value(text: str, current: Any, name: str) -> Any:
             except ValueError:
                 pass
         return text
+    kind = type(current)
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"Override {name}={text!r}: expected a {kind.__name__}.") from None
+        expected = _KIND_NAMES.get(kind, f"a value of type {kind.__name__}")
+        raise ValueError(f"Override {name}={text!r}: expected {expected}.") from None
 
 
-def apply_overrides(cfg: PlaNetConfig, overrides: list[str]) -> PlaNetConfig:
-    """Applies ``key=value`` strings to a configuration (in place) and returns it."""
-    names = {f.name for f in fields(cfg)} - {"RESUMABLE"}
+def _unknown_field(key: str, item: str, names: set[str]) -> ValueError:
+    if key in RENAMED:
+        return ValueError(f"Override {item!r}: field {key!r} was renamed to {RENAMED[key]!r}.")
+    hint = difflib.get_close_matches(key, sorted(names), n=1)
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    return ValueError(f"Override {item!r}: unknown field {key!r}.{suggestion} Fields: {sorted(names)}.")
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    """The field names a list of ``key=value`` strings sets."""
+    return {o.split("=", 1)[0].strip().replace("-", "_") for o in overrides if "=" in o}
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Applies ``key=value`` strings to a configuration (in place) and returns it.
+
+    Examples:
+        >>> apply_overrides(preset("tiny"), ["batch_size=8"]).batch_size
+        8
+        >>> apply_overrides(preset("tiny"), ["batchsize=8"])
+        Traceback (most recent call last):
+        ...
+        ValueError: Override 'batchsize=8': unknown field 'batchsize'. Did you mean 'batch_size'? ...
+    """
+    names = {f.name for f in fields(cfg)}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"Override {item!r}: expected key=value.")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in names:
-            raise ValueError(f"Override {item!r}: unknown field {key!r}; fields: {sorted(names)}.")
+            raise _unknown_field(key, item, names)
         setattr(cfg, key, _parse_value(text.strip(), getattr(cfg, key), key))
     return cfg
 
 
-def from_dict(data: dict[str, Any]) -> PlaNetConfig:
-    known = {f.name for f in fields(PlaNetConfig)} - {"RESUMABLE"}
-    return dataclasses.replace(PlaNetConfig(), **{k: v for k, v in data.items() if k in known})
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration with old field names renamed."""
+    return {RENAMED.get(k, k): v for k, v in data.items()}
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """A configuration from a saved dict (unknown keys ignored, renamed fields upgraded)."""
+    known = {f.name for f in fields(RunConfig)}
+    return dataclasses.replace(RunConfig(), **{k: v for k, v in _upgrade(data).items() if k in known})

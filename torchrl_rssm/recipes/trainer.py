@@ -1,0 +1,449 @@
+"""The trainer core: one loop for every agent (PlaNet, Dreamer) on TorchRL parts.
+
+``make_env`` (TorchRL env + transforms), a TorchRL ``Collector`` driving the agent's
+policy, the sequence replay buffer (``TensorDictReplayBuffer`` + ``SliceSampler``), the
+agent's ``update`` in a loop with the NaN policy, batched noise-free test episodes,
+TensorBoard through TorchRL's ``TensorboardLogger``, atomic checkpoints and resume.
+What differs between agents lives in the agent (:mod:`torchrl_rssm.recipes.agent`).
+
+The loop follows PlaNet's order: ``seed_episodes`` random episodes, then for each of the
+``episodes`` agent episodes: ``updates_per_episode`` gradient steps, collect one episode
+(policy under ``ExplorationType.RANDOM``: exploration noise on), and on their clocks test
+(``DETERMINISTIC``), pictures and a checkpoint.
+
+Exploration modes: the collector runs the policy under ``RANDOM`` and test/eval episodes
+under ``DETERMINISTIC``. The policy is called once more, outside any exploration context,
+when the ``Collector`` is built: TorchRL probes it on a reset tensordict to learn its
+output entries. That probe is run here under ``DETERMINISTIC`` (it writes no data and
+draws no exploration noise), so every call of the policy has a deliberate mode.
+
+Episodes shorter than ``chunk_length`` cannot be trained on (chunks never cross an episode
+boundary, and we neither pad nor shorten chunks): a task whose episode limit is below
+``chunk_length`` is refused when the trainer is built, and one whose episodes end early
+(e.g. CartPole's termination) is refused with the observed lengths once the seed episodes
+are in, if none of them is long enough. Lower ``chunk_length`` for such tasks. (The
+collector's batch is ``max_episode_steps`` agent steps: for a task whose episodes end
+early, an "episode" of the schedule is such a batch, which may hold several episodes; the
+buffer still splits them on their ``done`` flags.)
+
+Checkpoints (agent state, replay buffer, counters, RNG states, config) are written every
+``checkpoint_every`` episodes and at exit; ``resume=True`` continues from the last one and
+refuses a checkpoint written with a different configuration (fields in
+``RunConfig.RESUMABLE`` may change). ``config.json`` in the logdir is rewritten with every
+checkpoint so it always matches it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import SerialEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from tqdm import tqdm
+
+from ..data import load_replay_buffer, make_replay_buffer
+from ..envs import make_env
+from ..objectives import NonFiniteInputError
+from .agent import Agent
+from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
+                         saved_config, set_rng_state, write_checkpoint)
+from .config import AGENTS, RunConfig
+from .tensorboard import RSSMTensorboardLogger
+
+__all__ = ["CHECKPOINT_DIR", "ConfigMismatchError", "EpisodeTooShortError", "Every", "MAX_BUFFER_STEPS", "Trainer",
+           "agent_class", "find_checkpoint", "load_trainer", "resolve_device"]
+
+#: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
+MAX_BUFFER_STEPS = 1_000_000
+_CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo")
+
+
+class EpisodeTooShortError(ValueError):
+    """The task's episodes are shorter than ``chunk_length``: no chunk can be sampled."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """Parses ``device`` and checks that it exists on this machine (clear error otherwise)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a valid torch device (use 'cpu', 'cuda' or 'cuda:N').") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available on this machine "
+                             f"(torch {torch.__version__}); use device='cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine; use device='cpu'.")
+    return dev
+
+
+def agent_class(algo: str) -> type[Agent]:
+    """The agent class for ``algo`` (``recipes/<algo>.py`` defines ``<Algo>Agent``)."""
+    if algo not in AGENTS:
+        raise ValueError(f"algo={algo!r}: expected one of {list(AGENTS)}.")
+    name = {"planet": "PlaNetAgent", "dreamer": "DreamerAgent"}[algo]
+    try:
+        module = importlib.import_module(f"{__package__}.{algo}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.{algo}":
+            raise
+        module = None
+    if module is None or not hasattr(module, name):
+        raise ValueError(f"algo={algo!r} is not available yet in this version; use algo='planet'.")
+    return getattr(module, name)
+
+
+class Every:
+    """A clock: true when ``count`` is a positive multiple of ``every`` (``every=0``: never).
+
+    Examples:
+        >>> test = Every(3)
+        >>> [n for n in range(1, 10) if test(n)]
+        [3, 6, 9]
+    """
+
+    def __init__(self, every: int):
+        self.every = int(every or 0)
+
+    def __call__(self, count: int) -> bool:
+        return self.every > 0 and count > 0 and count % self.every == 0
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _say(message: str) -> None:
+    """A status line on stderr (stdout is kept for the result)."""
+    tqdm.write(f"torchrl-rssm: {message}", file=sys.stderr)
+
+
+class Trainer:
+    """Builds every part of a run from a :class:`RunConfig` and trains its agent.
+
+    Args:
+        cfg: the run's configuration (``cfg.algo`` picks the agent unless ``agent`` is given).
+        agent: an agent class (built as ``agent(cfg, env, device)``), a factory with that
+            signature, or ``None`` for ``cfg.algo``'s.
+        resume: continue from ``<logdir>/checkpoint`` (refused if the configuration differs
+            outside ``RunConfig.RESUMABLE``).
+
+    Examples:
+        >>> from torchrl_rssm.recipes import preset, Trainer
+        >>> cfg = preset("tiny")            # doctest: +SKIP
+        >>> Trainer(cfg).train()            # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: RunConfig, agent: Callable[..., Agent] | None = None, resume: bool = False):
+        self.cfg = cfg
+        if cfg.nan_policy not in ("skip", "raise"):
+            raise ValueError(f"nan_policy={cfg.nan_policy!r}: expected 'skip' or 'raise'.")
+        factory = agent if agent is not None else agent_class(cfg.algo)
+        self.device = resolve_device(cfg.device)
+        self.buffer_device = resolve_device(cfg.buffer_device)
+        self.logdir = Path(cfg.logdir)
+        self.checkpoint_dir = self.logdir / CHECKPOINT_DIR
+        if resume:
+            check_config(cfg, self.logdir)
+        elif (self.checkpoint_dir / "state.pt").exists():
+            raise FileExistsError(
+                f"{self.checkpoint_dir} holds a checkpoint: pass resume=True (--resume) to continue it, "
+                "or choose another logdir."
+            )
+        _seed_everything(cfg.seed)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+
+        self.env = self._make_env(seed=cfg.seed)
+        if self.env.max_episode_steps is None:
+            raise ValueError(f"env={cfg.env!r} has no episode limit: set max_episode_steps "
+                             "(--set max_episode_steps=N, in agent steps).")
+        self.episode_steps = int(self.env.max_episode_steps)
+        self.action_repeat = int(self.env.action_repeat)
+        if self.episode_steps < cfg.chunk_length:
+            raise EpisodeTooShortError(
+                f"env={cfg.env!r}: episodes last at most max_episode_steps={self.episode_steps} agent steps "
+                f"(action_repeat={self.action_repeat}), fewer than chunk_length={cfg.chunk_length}: no training "
+                f"chunk fits. Set chunk_length <= {self.episode_steps} (--set chunk_length=N) or a longer episode."
+            )
+        self.agent = factory(cfg, self.env, self.device)
+        self.env.append_transform(self.agent.make_tensordict_primer())
+        self.buffer = self._make_buffer()
+        self.counters = dict(episodes=0, env_steps=0, updates=0, skipped_updates=0, dropped_episodes=0)
+        self.logger = RSSMTensorboardLogger(exp_name="", log_dir=str(self.logdir))
+        self.last_test_return = float("nan")
+        self._buffer_reported = False
+        if resume:
+            self.load_checkpoint()  # config.json is rewritten with the next checkpoint, never before
+        else:
+            self.logger.log_hparams(self.cfg.to_dict())
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def policy(self):
+        return self.agent.policy
+
+    @property
+    def world_model(self):
+        return self.agent.world_model
+
+    def __getattr__(self, name):  # old attribute paths (trainer.loss_module, trainer.optimizer)
+        agent = self.__dict__.get("agent")
+        if agent is not None and not name.startswith("__"):
+            try:
+                return getattr(agent, name)
+            except AttributeError:
+                pass
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _make_env(self, seed: int, primers=None, from_pixels: bool | None = None, pixels_only: bool = True):
+        cfg = self.cfg
+        return make_env(cfg.env, from_pixels=cfg.from_pixels if from_pixels is None else from_pixels,
+                        action_repeat=cfg.action_repeat, bit_depth=cfg.bit_depth,
+                        max_episode_steps=cfg.max_episode_steps, seed=seed, primers=primers,
+                        pixels_only=pixels_only)
+
+    def buffer_capacity(self) -> int:
+        """``buffer_capacity``, or the whole run's steps capped at :data:`MAX_BUFFER_STEPS`."""
+        cfg = self.cfg
+        if cfg.buffer_capacity is not None:
+            return int(cfg.buffer_capacity)
+        return max(cfg.chunk_length, min((cfg.seed_episodes + cfg.episodes) * self.episode_steps, MAX_BUFFER_STEPS))
+
+    def _make_buffer(self):
+        cfg = self.cfg
+        # Stored: observations (root and next; pixels as uint8), action, reward, flags. Not the
+        # policy's recorded latents or warm-start plan (make_replay_buffer's default exclusions).
+        return make_replay_buffer(
+            capacity=self.buffer_capacity(), batch_size=cfg.batch_size, chunk_length=cfg.chunk_length,
+            device=self.device, storage_device=self.buffer_device,
+            memmap_dir=str(self.logdir / "replay_memmap") if cfg.buffer_on_disk else None,
+            dequantize_bits=cfg.bit_depth if cfg.from_pixels else None,
+        )
+
+    def make_test_env(self, num_envs: int, from_pixels: bool | None = None, pixels_only: bool = True):
+        """``num_envs`` copies of the task in one batch, seeded apart from the training env."""
+        seed = self.cfg.seed + 10_000 + self.counters["episodes"]
+
+        def make():  # a transform has one parent: every sub-env gets its own primer
+            return self._make_env(seed=seed, from_pixels=from_pixels, pixels_only=pixels_only,
+                                  primers=self.agent.make_tensordict_primer())
+
+        env = SerialEnv(num_envs, make) if num_envs > 1 else make()
+        env.set_seed(seed)
+        return env
+
+    def _write_config(self) -> None:
+        (self.logdir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+
+    # ------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        """Runs until ``seed_episodes + episodes`` episodes have been collected."""
+        cfg = self.cfg
+        total = cfg.seed_episodes + cfg.episodes
+        test_clock, video_clock, checkpoint_clock = Every(cfg.test_every), Every(cfg.video_every), \
+            Every(cfg.checkpoint_every)
+        seed_frames = max(0, cfg.seed_episodes - self.counters["episodes"]) * self.episode_steps
+        # TorchRL probes the policy once on a reset tensordict while building the collector:
+        # run that probe noise-free (see the module docstring).
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            collector = Collector(
+                self.env, self.policy, frames_per_batch=self.episode_steps, total_frames=-1,
+                init_random_frames=seed_frames, policy_device=self.device, env_device="cpu",
+                storing_device=self.buffer_device, exploration_type=ExplorationType.RANDOM,
+            )
+        self.env.set_seed(cfg.seed + self.counters["episodes"])
+        bar = tqdm(total=total, initial=self.counters["episodes"], disable=not cfg.progress,
+                   desc=self.agent.name, unit="episode", dynamic_ncols=True, file=sys.stderr)
+        try:
+            for episode in collector:
+                if self.counters["episodes"] >= total:
+                    break
+                train_return = self._store_episode(episode)
+                self.counters["episodes"] += 1
+                episodes = self.counters["episodes"]
+                metrics = {}
+                if cfg.seed_episodes <= episodes < total:
+                    self._check_episode_lengths()
+                    metrics = self.update_model(cfg.updates_per_episode)
+                tested = cfg.test_every > 0 and (test_clock(episodes) or episodes == total)
+                if tested:
+                    self.last_test_return = self.test(cfg.test_episodes)
+                if video_clock(episodes) and self._can_sample():
+                    self.log_predictions()
+                checkpointed = checkpoint_clock(episodes)
+                if checkpointed:
+                    self.save_checkpoint()
+                bar.update(1)
+                loss = metrics.get("loss", float("nan"))
+                bar.set_postfix(ret=f"{train_return:.1f}", test=f"{self.last_test_return:.1f}", loss=f"{loss:.2f}")
+                if not cfg.progress and (tested or checkpointed or episodes == total):
+                    _say(f"episode {episodes}/{total}  env_steps {self.counters['env_steps']}  "
+                         f"train_return {train_return:.1f}  test_return {self.last_test_return:.1f}  "
+                         f"updates {self.counters['updates']}" + (f"  loss {loss:.3f}" if metrics else ""))
+                if episodes >= total:
+                    break
+        finally:
+            collector.shutdown()
+            bar.close()
+            self.save_checkpoint()
+            self.logger.experiment.flush()
+        return dict(self.counters, test_return=self.last_test_return)
+
+    def _store_episode(self, episode: TensorDictBase) -> float:
+        """Adds one collected episode to the replay buffer; drops it if it holds NaN/inf."""
+        floats = [v.reshape(-1) for v in episode.values(True, True) if v.is_floating_point()]
+        if not bool(torch.isfinite(torch.cat(floats)).all()):  # one sync per episode, at the boundary
+            if self.cfg.nan_policy == "raise":
+                raise ValueError(f"Collected episode {self.counters['episodes']} holds NaN/inf values "
+                                 "(nan_policy='raise').")
+            warnings.warn(f"Episode {self.counters['episodes']} holds NaN/inf values: not stored "
+                          "(counted in dropped_episodes).", RuntimeWarning, stacklevel=2)
+            self.counters["dropped_episodes"] += 1
+            return float("nan")
+        self.buffer.extend(episode.reshape(-1))
+        if not self._buffer_reported:
+            self._buffer_reported = True
+            _say(f"replay buffer: {self.buffer.describe()}")
+        steps = episode.numel()
+        self.counters["env_steps"] += steps * self.action_repeat
+        ret = float(episode["next", "reward"].sum())
+        self.logger.log_scalar("train/episode_return", ret, step=self.counters["env_steps"])
+        self.logger.log_scalar("train/episodes", self.counters["episodes"] + 1, step=self.counters["env_steps"])
+        return ret
+
+    def _can_sample(self) -> bool:
+        lengths = self.buffer.episode_lengths()
+        return bool(len(lengths)) and int(lengths.max()) >= self.cfg.chunk_length
+
+    def _check_episode_lengths(self) -> None:
+        """Refuses (clearly) a buffer where no episode is as long as ``chunk_length``."""
+        lengths = self.buffer.episode_lengths()
+        if len(lengths) and int(lengths.max()) < self.cfg.chunk_length:
+            shown = sorted(set(lengths.tolist()))
+            raise EpisodeTooShortError(
+                f"env={self.cfg.env!r}: no stored episode is as long as chunk_length={self.cfg.chunk_length} "
+                f"(observed episode lengths in agent steps: {shown[:20]}{' ...' if len(shown) > 20 else ''}; "
+                f"episodes end early, e.g. by termination). Set chunk_length <= {max(shown)} "
+                "(--set chunk_length=N).")
+
+    def update_model(self, num_updates: int) -> dict[str, float]:
+        """``num_updates`` agent updates on sampled ``[B, L]`` chunks; returns mean metrics.
+
+        NaN policy: an update whose batch holds NaN/inf (the agent raises
+        :class:`~torchrl_rssm.objectives.NonFiniteInputError`) is skipped with a warning and
+        counted (``nan_policy="skip"``) or stops the run (``"raise"``).
+        """
+        sums: dict[str, torch.Tensor] = {}
+        done = 0
+        start = time.perf_counter()
+        for _ in range(num_updates):
+            batch = self.buffer.sample()
+            try:
+                metrics = self.agent.update(batch)
+            except NonFiniteInputError as err:
+                if self.cfg.nan_policy == "raise":
+                    raise
+                warnings.warn(f"Update skipped: {err}", RuntimeWarning, stacklevel=2)
+                self.counters["skipped_updates"] += 1
+                continue
+            self.counters["updates"] += 1
+            done += 1
+            for k, v in metrics.items():  # accumulate on the device: no sync inside the loop
+                sums[k] = sums.get(k, 0) + v.detach()
+        elapsed = time.perf_counter() - start
+        metrics = {k: float(v) / max(done, 1) for k, v in sums.items()}
+        step = self.counters["env_steps"]
+        for k, v in metrics.items():
+            self.logger.log_scalar(k if "/" in k else (f"loss/{k}" if k.startswith("loss") else f"model/{k}"),
+                                   v, step=step)
+        self.logger.log_scalar("perf/updates_per_s", done / max(elapsed, 1e-9), step=step)
+        self.logger.log_scalar("train/updates", self.counters["updates"], step=step)
+        self.logger.log_scalar("train/skipped_updates", self.counters["skipped_updates"], step=step)
+        return metrics
+
+    @torch.no_grad()
+    def rollout_test(self, num_envs: int, from_pixels: bool | None = None, pixels_only: bool = True):
+        """``num_envs`` noise-free episodes (``DETERMINISTIC``) as one batch; returns the rollout."""
+        threads = torch.get_num_threads()
+        env = self.make_test_env(num_envs, from_pixels=from_pixels, pixels_only=pixels_only)
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            rollout = env.rollout(self.episode_steps, self.policy, break_when_any_done=False)
+        env.close()
+        # TorchRL's batched envs reset the process's thread count when they close
+        # (torchrl/envs/batched_envs.py): put ours back, or small ops slow down under load.
+        torch.set_num_threads(threads)
+        return rollout
+
+    def test(self, num_envs: int) -> float:
+        """Mean return of ``num_envs`` noise-free episodes, run as one batch of environments."""
+        start = time.perf_counter()
+        rollout = self.rollout_test(num_envs)
+        elapsed = time.perf_counter() - start
+        mean_return = float(rollout["next", "reward"].sum(-2).mean())
+        step = self.counters["env_steps"]
+        self.logger.log_scalar("test/return", mean_return, step=step)
+        self.logger.log_scalar("perf/env_steps_per_s",
+                               rollout.numel() * self.action_repeat / max(elapsed, 1e-9), step=step)
+        return mean_return
+
+    def log_predictions(self) -> None:
+        """The agent's pictures (reconstructions, open-loop predictions) from a replay batch."""
+        self.agent.log_predictions(self.buffer.sample(), self.logger, self.counters["env_steps"])
+
+    # ----------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        agent_state = self.agent.state_dict()
+        clash = set(agent_state) & set(_CORE_KEYS)
+        if clash:
+            raise ValueError(f"{type(self.agent).__name__}.state_dict uses keys reserved by the trainer: {clash}.")
+        return {
+            **agent_state, "agent_keys": sorted(agent_state), "algo": self.cfg.algo,
+            "config": self.cfg.to_dict(), "counters": dict(self.counters),
+            "rng": get_rng_state(),
+            "last_test_return": self.last_test_return,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Writes the checkpoint atomically (and config.json beside it, so they always match)."""
+        path = write_checkpoint(self.logdir, self.state_dict(), self.buffer)
+        self._write_config()
+        return path
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_dir / "state.pt", map_location=self.device, weights_only=False)
+        keys = state.get("agent_keys") or [k for k in state if k not in _CORE_KEYS]
+        self.agent.load_state_dict({k: state[k] for k in keys})
+        self.counters.update(state["counters"])
+        self.last_test_return = state.get("last_test_return", float("nan"))
+        set_rng_state(state["rng"])
+        self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
+        if len(self.buffer):  # else at the first write, when the row layout is known
+            self._buffer_reported = True
+            _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
+
+
+def load_trainer(checkpoint: str | Path, device: str | None = None, **overrides) -> Trainer:
+    """Rebuilds a trainer (agent, buffer, counters) from a run's logdir, checkpoint folder or state.pt."""
+    cfg = saved_config(checkpoint)
+    if device is not None:
+        cfg.device = device
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return Trainer(cfg, resume=True)
