@@ -130,3 +130,20 @@ def test_docstring_examples():
                    torchrl_rssm.recipes.tensorboard, torchrl_rssm.cli):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_env_kwargs_grayscale_and_image_size_reach_the_environment(tmp_path):
+    cfg = apply_overrides(preset("tiny"), ['env_kwargs={"time_limit": 2}', "grayscale=true", "image_size=48",
+                                           "from_pixels=true", "max_episode_steps=null", f"logdir={tmp_path}"])
+    assert cfg.env_kwargs == {"time_limit": 2} and cfg.grayscale and cfg.image_size == 48
+    trainer = Trainer(cfg)
+    try:
+        # dm_control's time_limit (2 s = 200 env steps at repeat 8) sets the episode; one grey 48x48 channel
+        assert trainer.episode_steps == 25
+        assert tuple(trainer.env.observation_spec["pixels"].shape) == (1, 48, 48)
+    finally:
+        trainer.env.close()
+    with pytest.raises(ValueError, match="env_kwargs.*expected a JSON object"):
+        apply_overrides(preset("tiny"), ["env_kwargs=continuous"])
+    with pytest.raises(ValueError, match="env_kwargs.*expected a JSON object"):
+        apply_overrides(preset("tiny"), ["env_kwargs=[1, 2]"])

@@ -96,8 +96,10 @@ def log_world_model_predictions(world_model, obs_key: str, batch: TensorDictBase
     actions = batch.get("action")
     context = min(context, actions.shape[1] - 1)
     is_init = batch.get("is_init", None)
+    root = batch.get(obs_key, None)  # chunks start from their first observation filtered, as in training
     filtered = rollout.observe(embedding[:, :context], actions[:, :context],
-                               is_init=None if is_init is None else is_init[:, :context])
+                               is_init=None if is_init is None else is_init[:, :context],
+                               init_embedding=None if root is None else wm.encoder(root[:, :context]))
     reco = wm.decoder(filtered["state"], filtered["belief"])
     start = {"state": filtered["state"][:, -1], "belief": filtered["belief"][:, -1]}
     imagined = rollout.imagine(start, action=actions[:, context:])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import json
 import inspect
 import textwrap
 from dataclasses import dataclass, fields
@@ -50,6 +51,12 @@ class RunConfig:
     """agent steps per episode; None: the task's limit (DMC: 1000 env steps / action_repeat)"""
     bit_depth: int = 5
     """bits kept per pixel channel"""
+    image_size: int = 64
+    """side of the square images the model sees (rendered, or the env's own images resized)"""
+    grayscale: bool = False
+    """observe one-channel images instead of RGB"""
+    env_kwargs: dict | None = None
+    """keyword arguments for the environment's constructor, as JSON: --set 'env_kwargs={"continuous": false}'"""
     # --- world model (make_world_model)
     state_dim: int = 30
     """stochastic latent size"""
@@ -247,9 +254,21 @@ def preset(name: str) -> RunConfig:
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}
 
 
+_JSON_FIELDS = {"env_kwargs"}
+
+
 def _parse_value(text: str, current: Any, name: str) -> Any:
     if text.lower() in ("none", "null"):
         return None
+    if name in _JSON_FIELDS or isinstance(current, dict):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Override {name}={text!r}: expected a JSON object, e.g. '{{\"continuous\": false}}' "
+                             f"({err.msg}).") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"Override {name}={text!r}: expected a JSON object, got {type(value).__name__}.")
+        return value
     if isinstance(current, bool):
         if text.lower() in ("1", "true", "yes", "on"):
             return True

@@ -190,7 +190,9 @@ class Trainer:
         if resume:
             self.load_checkpoint()  # config.json is rewritten with the next checkpoint, never before
         else:
-            self.logger.log_hparams(self.cfg.to_dict())
+            # TensorBoard's hparams take scalars and strings only (env_kwargs is a dict)
+            self.logger.log_hparams({k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                                     for k, v in self.cfg.to_dict().items()})
             self.logdir.mkdir(parents=True, exist_ok=True)
             self._write_config()
 
@@ -217,7 +219,8 @@ class Trainer:
         return make_env(cfg.env, from_pixels=cfg.from_pixels if from_pixels is None else from_pixels,
                         action_repeat=cfg.action_repeat, bit_depth=cfg.bit_depth,
                         max_episode_steps=cfg.max_episode_steps, seed=seed, primers=primers,
-                        pixels_only=pixels_only)
+                        pixels_only=pixels_only, image_size=cfg.image_size, grayscale=cfg.grayscale,
+                        env_kwargs=cfg.env_kwargs)
 
     def buffer_capacity(self) -> int:
         """``buffer_capacity``, or the whole run's steps capped at :data:`MAX_BUFFER_STEPS`."""
