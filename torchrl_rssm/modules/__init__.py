@@ -1,7 +1,8 @@
 """RSSM world-model modules (encoders, decoders, RSSM, heads, builder)."""
+from .actor import DreamerActor, make_dreamer_actor, make_value_model, tanh_normal_sampler
 from .decoders import ConvDecoder, MLPDecoder
 from .encoders import ConvEncoder, MLPEncoder, pixels_to_model
-from .heads import RewardModel
+from .heads import RewardModel, ValueModel
 from .rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from .world_model import RSSMWorldModel, make_world_model
 
@@ -10,7 +11,8 @@ ObsEncoder = ConvEncoder
 ObsDecoder = ConvDecoder
 
 __all__ = [
-    "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder",
+    "ConvDecoder", "ConvEncoder", "DreamerActor", "ValueModel", "make_dreamer_actor", "make_value_model",
+    "tanh_normal_sampler", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder",
     "RSSMPosterior", "RSSMPrior", "RSSMRollout", "RSSMWorldModel", "RewardModel",
     "make_world_model", "pixels_to_model",
 ]
