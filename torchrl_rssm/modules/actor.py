@@ -10,14 +10,17 @@
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 
 import torch
 from tensordict.nn import InteractionType, TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
+from torch.nn import functional as F
 from torchrl.data import Bounded, Composite
-from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 from torchrl.modules.distributions.continuous import safetanh_noeps
 
 from .heads import ValueModel
@@ -27,14 +30,17 @@ class DreamerActor(nn.Module):
     """Dreamer's action model: ``(state, belief) -> (loc, scale)`` of a tanh-transformed Gaussian.
 
     ``backbone`` is TorchRL's ``MLP`` on ``cat([state, belief])`` (``depth`` hidden layers of
-    ``num_cells`` units) followed by a ``NormalParamExtractor`` whose scale is
-    ``softplus(x + log(e^std_bias - 1)) + std_min_val`` (the paper's std, 5 at x = 0). The
-    location is the paper's ``mean_scale * tanh(mu / mean_scale)`` (``mean_scale=5``).
+    ``num_cells`` units) giving ``(mu, x)``; the scale is the paper's
+    ``softplus(x + log(e^std_bias - 1)) + std_min_val`` and the location the paper's
+    ``mean_scale * tanh(mu / mean_scale)`` (``mean_scale=5``).
 
-    **Difference from TorchRL's** ``DreamerActor`` (0.14.1): TorchRL returns the raw ``mu``
-    (no mean scaling), so with ``TanhNormal(tanh_loc=False)`` (its default) it is not the
-    paper's actor. Pass ``mean_scale=None`` to get TorchRL's exact outputs; with the default,
-    do not also set ``tanh_loc=True`` on the distribution (it would scale twice).
+    **Differences from TorchRL's** ``DreamerActor`` (0.14.1), which follow the paper: TorchRL
+    returns the raw ``mu`` (no mean scaling; with ``TanhNormal(tanh_loc=False)``, its default,
+    that is not the paper's actor), and its ``NormalParamExtractor`` shifts by
+    ``log(e^(std_bias - std_min_val) - 1)`` (a std of exactly 5 at x = 0, against the paper's
+    5 + 1e-4). Parameter names are TorchRL's, so its state dicts load. ``mean_scale=None``
+    drops the mean scaling; with the default, do not also set ``tanh_loc=True`` on the
+    distribution (it would scale twice).
 
     Args:
         out_features: action dimension.
@@ -82,12 +88,16 @@ class DreamerActor(nn.Module):
             activation_class=activation_class,
             device=device,
         )
-        self.backbone.append(NormalParamExtractor(scale_mapping=f"biased_softplus_{std_bias}_{std_min_val}"))
+        # the paper's std offset log(e^std_bias - 1) (TorchRL's NormalParamExtractor uses
+        # that of std_bias - std_min_val); a parameter-free step, so state dicts still match
+        self.std_shift = math.log(math.expm1(std_bias))
+        self.std_min_val = std_min_val
         self.out_features = int(out_features)
         self.mean_scale = mean_scale
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, scale = self.backbone(state, belief)
+        loc, raw = self.backbone(state, belief).chunk(2, -1)
+        scale = F.softplus(raw + self.std_shift) + self.std_min_val
         if self.mean_scale is not None:
             loc = self.mean_scale * torch.tanh(loc / self.mean_scale)
         return loc, scale

@@ -66,8 +66,10 @@ def lambda_return(
     Examples:
         >>> import torch
         >>> r, v = torch.ones(1, 3, 1), torch.full((1, 3, 1), 10.0)
-        >>> lambda_return(r, v, gamma=0.5, lmbda=0.5).flatten().tolist()  # constant: V = 1 + 0.5 * 10
+        >>> lambda_return(r, v, gamma=0.5, lmbda=0.0).flatten().tolist()  # lmbda = 0: r + gamma * v
         [6.0, 6.0, 6.0]
+        >>> lambda_return(r, v, gamma=0.5, lmbda=0.5).flatten().tolist()  # V_2 = 6, V_1 = 1 + 0.5 * (5 + 3)
+        [4.75, 5.0, 6.0]
     """
     if reward.shape != value.shape or reward.ndim < 2:
         raise ValueError(
