@@ -254,14 +254,23 @@ def tanh_normal_sampler(actor: nn.Module, state_key: NestedKey = "state", belief
     upscale = kw.get("upscale", 5.0)
     tanh = safetanh_noeps if kw.get("safe_tanh", True) else torch.tanh
 
+    trivial = bool((low == -1).all() and (high == 1).all())
+    affine: dict = {}  # (device, dtype) -> (half-width, centre), converted once
+
     def sample(state: torch.Tensor, belief: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         loc, scale = net(belief, state) if swapped else net(state, belief)
         if tanh_loc:
             loc = upscale * torch.tanh(loc / upscale)
         if eps is None:
             eps = torch.randn_like(loc)
-        a = tanh(loc + eps * scale)
-        lo, hi = low.to(a), high.to(a)
-        return a * ((hi - lo) / 2) + (hi + lo) / 2
+        a = tanh(torch.addcmul(loc, eps, scale))
+        if trivial:
+            return a
+        key = (a.device, a.dtype)
+        if key not in affine:
+            lo, hi = low.to(a), high.to(a)
+            affine[key] = ((hi - lo) / 2, (hi + lo) / 2)
+        half, mid = affine[key]
+        return torch.addcmul(mid, a, half)
 
     return sample
