@@ -6,7 +6,7 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.data import Bounded, Composite, OneHot, Unbounded
+from torchrl.data import Bounded, Categorical, Composite, OneHot, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import IndependentNormal, ProbabilisticActor, SafeModule, SafeProbabilisticModule
 from torchrl.modules import SafeProbabilisticTensorDictSequential, SafeSequential, TanhNormal, WorldModelWrapper
@@ -157,7 +157,27 @@ def test_value_model_shapes():
     assert ValueModel().net[0].in_features == 230 and len(ValueModel().net) == 7  # 3 x 400 ELU + output
 
 
-@pytest.mark.parametrize("spec,match", [(OneHot(4), "Discrete"), (Unbounded((2,)), "finite bounds"),
+def test_one_hot_actor_straight_through_gradient_and_mode():
+    spec = OneHot(3)
+    torch.manual_seed(0)
+    wm = make_world_model(Composite(observation=Unbounded((5,))), spec, state_dim=S, belief_dim=D, hidden_dim=HID)
+    actor = make_dreamer_actor(spec, S, D, num_cells=HID)
+    value = make_value_model(S, D, hidden_dim=HID)
+    td = TensorDict({"state": torch.randn(6, S), "belief": torch.randn(6, D)}, [6])
+    with set_exploration_type(ExplorationType.RANDOM):
+        a = actor(td.clone())["action"]
+    assert a.shape == (6, 3) and torch.allclose(a.detach().sum(-1), torch.ones(6)) and a.requires_grad
+    mode = actor(td.clone())["action"]  # default: deterministic, the argmax of the logits
+    logits = actor.module[0].module(td["state"], td["belief"])
+    assert torch.equal(mode.argmax(-1), logits.argmax(-1))
+    loss, fake = DreamerActorLoss(actor, value, wm, imagination_horizon=3)(_batch())
+    loss["loss_actor"].backward()  # straight-through: gradients reach the logits' network
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+    assert all(p.grad is None for p in wm.parameters())
+    assert torch.allclose(fake["action"].sum(-1), torch.ones(3, 4, 3))
+
+
+@pytest.mark.parametrize("spec,match", [(Categorical(4), "OneHot"), (Unbounded((2,)), "finite bounds"),
                                         (Composite(other=SPEC), "without the key")])
 def test_make_dreamer_actor_rejects_specs_it_cannot_serve(spec, match):
     with pytest.raises(ValueError, match="action_spec") as err:

@@ -1,5 +1,5 @@
 """RSSM world-model modules (encoders, decoders, RSSM, heads, builder)."""
-from .actor import DreamerActor, make_dreamer_actor, make_value_model, tanh_normal_sampler
+from .actor import DreamerActor, StraightThroughOneHotCategorical, make_dreamer_actor, make_value_model, tanh_normal_sampler
 from .decoders import ConvDecoder, MLPDecoder
 from .encoders import ConvEncoder, MLPEncoder, pixels_to_model
 from .heads import RewardModel, ValueModel
@@ -13,6 +13,6 @@ ObsDecoder = ConvDecoder
 __all__ = [
     "ConvDecoder", "ConvEncoder", "DreamerActor", "ValueModel", "make_dreamer_actor", "make_value_model",
     "tanh_normal_sampler", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder",
-    "RSSMPosterior", "RSSMPrior", "RSSMRollout", "RSSMWorldModel", "RewardModel",
+    "RSSMPosterior", "RSSMPrior", "StraightThroughOneHotCategorical", "RSSMRollout", "RSSMWorldModel", "RewardModel",
     "make_world_model", "pixels_to_model",
 ]

@@ -19,8 +19,9 @@ from tensordict.nn import InteractionType, TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
 from torch.nn import functional as F
-from torchrl.data import Bounded, Composite
-from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+from torchrl.data import Bounded, Composite, OneHot
+from torchrl.modules import MLP, OneHotCategorical, ProbabilisticActor, TanhNormal
+from torchrl.modules.distributions import ReparamGradientStrategy
 from torchrl.modules.distributions.continuous import safetanh_noeps
 
 from .heads import ValueModel
@@ -114,8 +115,8 @@ def _box_bounds(action_spec, action_key: NestedKey, who: str) -> tuple[torch.Ten
         raise ValueError(f"{who}: action_spec must be a TorchRL Bounded (Box) spec, got {action_spec!r}.")
     if not isinstance(spec, Bounded) or spec.domain != "continuous":
         kind = type(spec).__name__
-        hint = (" Discrete (one-hot / categorical) actions are not supported by the Dreamer actor"
-                " (a tanh-Gaussian); use a continuous Box spec."
+        hint = (" Discrete actions are served as one-hot vectors only: use a OneHot spec (the world model"
+                " consumes one-hot actions; index actions cannot carry a straight-through gradient)."
                 if getattr(spec, "domain", None) == "discrete" else
                 " A tanh-Gaussian actor needs finite bounds: use a Bounded spec (e.g. Bounded(-1, 1, (A,))).")
         raise ValueError(f"{who}: action_spec must be a continuous Bounded (Box) spec, got {kind}.{hint}")
@@ -126,6 +127,24 @@ def _box_bounds(action_spec, action_key: NestedKey, who: str) -> tuple[torch.Ten
         raise ValueError(f"{who}: action_spec bounds must be finite with high > low, got low={low}, high={high}.")
     # batched specs (e.g. from a ParallelEnv): one set of bounds per action dim
     return low.reshape(-1, spec.shape[-1])[0], high.reshape(-1, spec.shape[-1])[0]
+
+
+class StraightThroughOneHotCategorical(OneHotCategorical):
+    """TorchRL's ``OneHotCategorical`` that reports ``has_rsample``, so that TorchRL modules draw with
+    ``rsample``: the one-hot sample (as floats) plus ``probs - probs.detach()`` (straight-through).
+
+    Examples:
+        >>> import torch
+        >>> logits = torch.zeros(2, 3, requires_grad=True)
+        >>> a = StraightThroughOneHotCategorical(logits=logits).rsample()
+        >>> bool(a.sum(-1).eq(1).all()), a.requires_grad
+        (True, True)
+    """
+
+    has_rsample = True
+
+    def rsample(self, sample_shape=None) -> torch.Tensor:
+        return super().rsample(sample_shape).to(self.logits.dtype)
 
 
 def make_dreamer_actor(
@@ -151,8 +170,12 @@ def make_dreamer_actor(
     (TorchRL's deterministic sample of a ``TanhNormal``, the paper's test-time action up to
     the tanh's skew). The actor's default interaction type is ``DETERMINISTIC``.
 
-    Only continuous bounded (Box) action specs are served; discrete (one-hot/categorical) or
-    unbounded specs raise a ``ValueError`` naming ``action_spec``.
+    Discrete actions: a ``OneHot`` spec gives an MLP writing ``logits`` and TorchRL's
+    ``OneHotCategorical`` with a straight-through gradient (:class:`StraightThroughOneHotCategorical`:
+    the one-hot sample plus ``probs - probs.detach()``), so Dreamer's actor loss backpropagates
+    through the dynamics to the logits; the deterministic action is the argmax (the
+    distribution's mode, integer one-hot); sampled actions are float one-hot vectors. Other specs
+    (categorical indices, binary, unbounded) raise a ``ValueError`` naming ``action_spec``.
 
     Args:
         action_spec: the environment's action spec (``Bounded``, ``[..., A]``), or a
@@ -176,15 +199,25 @@ def make_dreamer_actor(
         >>> a.shape, bool((a.abs() <= 2).all())
         (torch.Size([5, 3]), True)
     """
-    low, high = _box_bounds(action_spec, out_key, "make_dreamer_actor")
     in_keys = list(in_keys)
     if len(in_keys) != 2:
         raise ValueError(f"make_dreamer_actor: in_keys must be (state_key, belief_key), got {in_keys}.")
+    spec = action_spec[out_key] if isinstance(action_spec, Composite) and out_key in action_spec.keys(True, True) \
+        else action_spec
+    if isinstance(spec, OneHot):
+        net = MLP(in_features=state_dim + belief_dim, out_features=spec.shape[-1], depth=depth, num_cells=num_cells,
+                  activation_class=activation_class, device=device)
+        return ProbabilisticActor(
+            TensorDictModule(net, in_keys=in_keys, out_keys=["logits"]),
+            in_keys=["logits"], out_keys=[out_key], spec=spec, distribution_class=StraightThroughOneHotCategorical,
+            distribution_kwargs={"grad_method": ReparamGradientStrategy.PassThrough},
+            default_interaction_type=InteractionType.DETERMINISTIC,
+        )
+    low, high = _box_bounds(action_spec, out_key, "make_dreamer_actor")
     net = DreamerActor(low.shape[-1], depth=depth, num_cells=num_cells, activation_class=activation_class,
                        std_bias=std_bias, std_min_val=std_min_val, device=device,
                        in_features=state_dim + belief_dim, mean_scale=mean_scale)
     module = TensorDictModule(net, in_keys=in_keys, out_keys=["loc", "scale"])
-    spec = action_spec[out_key] if isinstance(action_spec, Composite) else action_spec
     return ProbabilisticActor(
         module,
         in_keys=["loc", "scale"],
