@@ -1,7 +1,8 @@
 """Runs every ``benchmarks/bench_*.py`` script and collects their rows into one report.
 
 Each script runs in its own subprocess (``--json`` to a temporary file, ``--quick`` and
-``--device`` passed through; a full run adds ``--compile --floor`` to ``bench_planner.py``),
+``--device`` passed through; a full run adds ``--compile --floor`` to ``bench_planner.py`` and
+``--floor --whole-step`` to ``bench_dreamer.py``),
 so a script that crashes or hangs cannot take the others down. The rows of all scripts are written to
 
 - ``benchmarks/results/<device>.json``: rows plus versions (torch, torchrl, tensordict,
@@ -37,8 +38,9 @@ sys.path.insert(0, str(HERE))
 from _common import cpu_model  # noqa: E402
 
 ROW_KEYS = ("name", "ours_ms", "torchrl_ms", "speedup", "device", "config", "note")
-# Extra flags of a full (not --quick) run: the planner's compiled and model-evaluation rows.
-FULL_RUN_ARGS = {"bench_planner.py": ["--compile", "--floor"]}
+# Extra flags of a full (not --quick) run: the planner's compiled and model-evaluation rows,
+# Dreamer's arithmetic-only and whole-training-step rows.
+FULL_RUN_ARGS = {"bench_planner.py": ["--compile", "--floor"], "bench_dreamer.py": ["--floor", "--whole-step"]}
 
 
 # ------------------------------------------------------------------ machine facts

@@ -1,7 +1,8 @@
-"""RSSM world-model modules (encoders, decoders, RSSM, heads, builder)."""
+"""RSSM world-model modules (encoders, decoders, RSSM, imagination engine, heads, actor, builder)."""
+from .actor import DreamerActor, StraightThroughOneHotCategorical, make_dreamer_actor, make_value_model, tanh_normal_sampler
 from .decoders import ConvDecoder, MLPDecoder
 from .encoders import ConvEncoder, MLPEncoder, pixels_to_model
-from .heads import RewardModel
+from .heads import RewardModel, ValueModel
 from .imagination import FastRSSMReturns, imagine
 from .rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from .world_model import RSSMWorldModel, make_world_model
@@ -11,7 +12,8 @@ ObsEncoder = ConvEncoder
 ObsDecoder = ConvDecoder
 
 __all__ = [
-    "ConvDecoder", "ConvEncoder", "FastRSSMReturns", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder",
-    "RSSMPosterior", "RSSMPrior", "RSSMRollout", "RSSMWorldModel", "RewardModel",
-    "imagine", "make_world_model", "pixels_to_model",
+    "ConvDecoder", "ConvEncoder", "DreamerActor", "FastRSSMReturns", "MLPDecoder", "MLPEncoder", "ObsDecoder",
+    "ObsEncoder", "RSSMPosterior", "RSSMPrior", "RSSMRollout", "RSSMWorldModel", "RewardModel",
+    "StraightThroughOneHotCategorical", "ValueModel", "imagine", "make_dreamer_actor", "make_value_model",
+    "make_world_model", "pixels_to_model", "tanh_normal_sampler",
 ]
