@@ -47,16 +47,15 @@ def test_override_errors_suggest_and_name_the_type():
         preset("quik")
 
 
-def test_algo_dreamer_is_refused_clearly_until_it_exists(tmp_path, capsys):
-    if importlib.util.find_spec("torchrl_rssm.recipes.dreamer") is None:
-        with pytest.raises(ValueError, match="algo='dreamer' is not available yet"):
-            agent_class("dreamer")
-        assert main(["train", "--algo", "dreamer", "--preset", "tiny", "--logdir", str(tmp_path / "d")]) == 2
-        assert "not available yet" in capsys.readouterr().err
-    else:
-        assert issubclass(agent_class("dreamer"), Agent)
+def test_algo_names_an_agent_class(tmp_path, capsys):
+    from torchrl_rssm.recipes.dreamer import DreamerAgent
+    from torchrl_rssm.recipes.planet import PlaNetAgent
+
+    assert agent_class("dreamer") is DreamerAgent and agent_class("planet") is PlaNetAgent
+    assert issubclass(DreamerAgent, Agent)
     with pytest.raises(ValueError, match="expected one of"):
         agent_class("sac")
+    assert main(["train", "--algo", "sac", "--logdir", str(tmp_path / "d")]) == 2  # argparse choices
 
 
 def test_presets_listed_by_agent_with_field_docs(capsys):

@@ -428,6 +428,15 @@ class RSSMLoss(LossModule):
     # ---------------------------------------------------------------- forward
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Computes the loss terms for a ``[*B, T]`` batch of sequences (see the class docstring)."""
+        return self.compute(tensordict)[0]
+
+    def compute(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
+        """The loss terms and the world model's output on a shallow copy of ``tensordict``.
+
+        The output holds the posterior latents ``("next", "state")`` / ``("next", "belief")``
+        (with their graph), which Dreamer's actor loss imagines from (it detaches them), as
+        TorchRL's ``DreamerModelLoss`` returns its model output beside the losses.
+        """
         k = self.tensor_keys
         self._check_inputs(tensordict)
         # read the targets before the model runs: TorchRL's Dreamer model writes its predicted
@@ -488,7 +497,7 @@ class RSSMLoss(LossModule):
         out.update({name: v.detach() for name, v in diagnostics.items()})
         result = TensorDict(out, batch_size=[])
         self._clear_weakrefs(tensordict, result)
-        return result
+        return result, td
 
     def _encode_first_observations(self, td: TensorDictBase) -> None:
         """Writes the root observation's embedding at ``is_init`` rows (zeros elsewhere) where our

@@ -106,7 +106,7 @@ class RunConfig:
     """MPPI temperature"""
     exploration_noise: float = 0.3
     """std of the Gaussian noise added to actions while collecting (both agents)"""
-    # --- Dreamer: behaviour learning (reserved until the Dreamer agent lands; Dreamer v1 defaults)
+    # --- Dreamer: behaviour learning (Dreamer v1 defaults)
     imagination_horizon: int = 15
     """Dreamer: imagined steps per start state"""
     gamma: float = 0.99
@@ -231,6 +231,31 @@ PRESETS["tiny"] = dict(
     updates_per_episode=3, planning_horizon=4, optim_steps=2, num_candidates=16, top_k=4,
     test_every=1, test_episodes=2, checkpoint_every=1, buffer_capacity=1000,
     video_every=1, logdir="runs/planet-tiny",
+)
+
+
+# Dreamer (Hafner et al. 2020) on the paper's six tasks: action repeat 2 everywhere, 5000 prefill
+# env steps (5 episodes), 100 updates per 1000 env steps (one episode), 1M env steps in all;
+# model lr 6e-4, actor and value lr 8e-5, gradient clip 100, 400-unit heads, horizon 15.
+DREAMER_PAPER = dict(
+    algo="dreamer", from_pixels=True, action_repeat=2, hidden_dim=400, lr=6e-4, adam_eps=1e-4,
+    grad_clip=100.0, batch_size=50, chunk_length=50, imagination_horizon=15, gamma=0.99, lmbda=0.95,
+    actor_lr=8e-5, value_lr=8e-5, actor_hidden_dim=400, value_hidden_dim=400, exploration_noise=0.3,
+    seed_episodes=5, episodes=995, updates_per_episode=100,
+)
+for _task in PAPER_ACTION_REPEAT:
+    PRESETS[f"dreamer-{_task}"] = dict(DREAMER_PAPER, env=f"dmc:{_task}", logdir=f"runs/dreamer-{_task}")
+# Dreamer on this 2-core CPU: cartpole swing-up from state vectors, PlaNet quick's world model,
+# small actor and value with faster learning rates than the paper's (a short run).
+PRESETS["dreamer-quick"] = dict(
+    PRESETS["quick"], algo="dreamer", grad_clip=100.0, imagination_horizon=15, gamma=0.99, lmbda=0.95,
+    actor_lr=3e-4, value_lr=1e-3, actor_hidden_dim=64, value_hidden_dim=64,
+    episodes=100, updates_per_episode=40, test_every=20, checkpoint_every=10, logdir="runs/dreamer-quick",
+)
+# A few seconds: the tests' Dreamer run.
+PRESETS["dreamer-tiny"] = dict(
+    PRESETS["tiny"], algo="dreamer", grad_clip=100.0, imagination_horizon=4, actor_lr=1e-3, value_lr=1e-3,
+    actor_hidden_dim=16, value_hidden_dim=16, logdir="runs/dreamer-tiny",
 )
 
 
