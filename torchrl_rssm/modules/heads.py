@@ -40,7 +40,7 @@ class RewardModel(nn.Module):
         return self.net(torch.cat([state, belief], dim=-1))
 
 
-class ValueModel(nn.Module):
+class ValueModel(RewardModel):
     """Dreamer's value head v(h_t, s_t): ``depth`` ELU layers of ``hidden_dim`` units, ``[*B, 1]``.
 
     The paper's value model is 3 x 400 ELU (the defaults); its output is the mean of a
@@ -69,8 +69,4 @@ class ValueModel(nn.Module):
         activation: type[nn.Module] = nn.ELU,
         device: torch.device | str | None = None,
     ):
-        super().__init__()
-        self.net = mlp(state_dim + belief_dim, 1, hidden_dim, depth, activation, device)
-
-    def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([state, belief], dim=-1))
+        super().__init__(state_dim, belief_dim, hidden_dim, depth, activation, device)

@@ -22,12 +22,11 @@ from tensordict.utils import NestedKey
 from torchrl.data import Composite, TensorSpec
 
 from ..modules.world_model import RSSMWorldModel
-from ..planners.action_space import ActionSpace
-from .belief_filter import BeliefFilter, dequantize_pixels
-from .exploration import ExplorationNoise
+from .base import FilterThenAct
+from .belief_filter import dequantize_pixels
 
 
-class DreamerPolicy(TensorDictModuleBase):
+class DreamerPolicy(FilterThenAct):
     """Dreamer's acting policy: belief filtering + the actor + exploration noise.
 
     Args:
@@ -82,9 +81,6 @@ class DreamerPolicy(TensorDictModuleBase):
         action_key: NestedKey = "action",
         observation_transform: Callable[[torch.Tensor], torch.Tensor] | None = dequantize_pixels,
     ):
-        super().__init__()
-        self.belief_filter = BeliefFilter(world_model, obs_key=obs_key, state_key=state_key, belief_key=belief_key,
-                                          is_init_key=is_init_key, observation_transform=observation_transform)
         if not isinstance(actor, TensorDictModuleBase):
             raise TypeError(f"`actor` must be a TensorDict module reading ({state_key!r}, {belief_key!r}) and "
                             f"writing {action_key!r} (e.g. a ProbabilisticActor), got {type(actor).__name__}.")
@@ -99,41 +95,13 @@ class DreamerPolicy(TensorDictModuleBase):
             action_spec = spec
         if action_spec is None:
             raise ValueError("`action_spec` is required when the actor has no `spec` (e.g. env.action_spec).")
+        super().__init__(world_model, action_spec, exploration_noise, obs_key=obs_key, state_key=state_key,
+                         belief_key=belief_key, is_init_key=is_init_key, action_key=action_key,
+                         observation_transform=observation_transform)
         self.actor = actor
-        self.space = ActionSpace(action_spec)
-        self.exploration = ExplorationNoise(self.space, exploration_noise)
-        self.obs_key = self.belief_filter.obs_key
-        self.state_key, self.belief_key, self.is_init_key = state_key, belief_key, is_init_key
-        self.action_key = action_key
-        self.in_keys = [self.obs_key, belief_key, is_init_key]
-        self.out_keys = [state_key, belief_key, action_key, ("next", belief_key)]
 
-    @property
-    def world_model(self) -> RSSMWorldModel:
-        return self.belief_filter.world_model
-
-    @property
-    def exploration_noise(self) -> float:
-        return self.exploration.scale
-
-    @exploration_noise.setter
-    def exploration_noise(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"`exploration_noise` must be >= 0, got {value}.")
-        self.exploration.scale = float(value)
-
-    def make_tensordict_primer(self):
-        """A ``TensorDictPrimer`` declaring ``state`` and ``belief`` with zeros (see :class:`BeliefFilter`)."""
-        return self.belief_filter.make_tensordict_primer()
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        self.belief_filter(tensordict)  # s_t, h_t
-        with torch.no_grad():
-            # the actor runs on a selection of its inputs: its other outputs (loc, scale, log-prob) stay
-            # out of the collected data
-            inputs = tensordict.select(*self.actor.in_keys, strict=False)
-            action = self.actor(inputs).get(self.action_key)
-            action = self.exploration(action)
-        tensordict.set(self.action_key, action)
-        model_action = self.space.to_model(action, tensordict.get(self.belief_key).dtype)
-        return self.belief_filter.advance(tensordict, model_action)
+    def choose(self, tensordict: TensorDictBase) -> torch.Tensor:
+        # the actor runs on a selection of its inputs: its other outputs (loc, scale, log-prob) stay
+        # out of the collected data
+        inputs = tensordict.select(*self.actor.in_keys, strict=False)
+        return self.actor(inputs).get(self.action_key)

@@ -12,19 +12,17 @@ from collections.abc import Callable
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torchrl.data import TensorSpec, Unbounded
 
 from ..modules.world_model import RSSMWorldModel
-from ..planners.action_space import ActionSpace
 from ..planners.base import PlannerBase
 from ..planners.cem import CEMPlanner
-from .belief_filter import BeliefFilter, dequantize_pixels
-from .exploration import ExplorationNoise
+from .base import FilterThenAct
+from .belief_filter import dequantize_pixels
 
 
-class PlaNetPolicy(TensorDictModuleBase):
+class PlaNetPolicy(FilterThenAct):
     """PlaNet's acting policy: belief filtering + latent planning + exploration noise.
 
     Args:
@@ -85,9 +83,9 @@ class PlaNetPolicy(TensorDictModuleBase):
         observation_transform: Callable[[torch.Tensor], torch.Tensor] | None = dequantize_pixels,
         **planner_kwargs,
     ):
-        super().__init__()
-        self.belief_filter = BeliefFilter(world_model, obs_key=obs_key, state_key=state_key, belief_key=belief_key,
-                                          is_init_key=is_init_key, observation_transform=observation_transform)
+        if not isinstance(world_model, RSSMWorldModel):  # before a default planner is built on it
+            raise TypeError(f"`world_model` must be an RSSMWorldModel (make_world_model), got "
+                            f"{type(world_model).__name__}.")
         if planner is None:
             if action_spec is None:
                 raise ValueError("`action_spec` is required when no `planner` is given.")
@@ -100,35 +98,13 @@ class PlaNetPolicy(TensorDictModuleBase):
         if (planner.state_key, planner.belief_key) != (state_key, belief_key):
             raise ValueError(f"`planner` reads ({planner.state_key!r}, {planner.belief_key!r}) but the policy "
                              f"writes ({state_key!r}, {belief_key!r}): use the same state_key/belief_key.")
+        super().__init__(
+            world_model, action_spec if action_spec is not None else planner.action_spec, exploration_noise,
+            obs_key=obs_key, state_key=state_key, belief_key=belief_key, is_init_key=is_init_key,
+            action_key=planner.action_key, observation_transform=observation_transform,
+            extra_keys=(planner.plan_key,) if planner.warm_start else (),
+        )
         self.planner = planner
-        self.space = ActionSpace(action_spec if action_spec is not None else planner.action_spec)
-        self.exploration = ExplorationNoise(self.space, exploration_noise)
-        self.obs_key = self.belief_filter.obs_key
-        self.state_key, self.belief_key, self.is_init_key = state_key, belief_key, is_init_key
-        self.action_key = planner.action_key
-        self.state_dim, self.belief_dim = self.belief_filter.state_dim, self.belief_filter.belief_dim
-        warm = [planner.plan_key] if planner.warm_start else []
-        self.in_keys = [self.obs_key, belief_key, is_init_key] + warm
-        self.out_keys = [state_key, belief_key, self.action_key, ("next", belief_key)] + warm
-
-    # the world model is the filter's (one registration: no duplicated parameters in state_dict)
-    @property
-    def world_model(self) -> RSSMWorldModel:
-        return self.belief_filter.world_model
-
-    @property
-    def exploration_noise(self) -> float:
-        return self.exploration.scale
-
-    @exploration_noise.setter
-    def exploration_noise(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"`exploration_noise` must be >= 0, got {value}.")
-        self.exploration.scale = float(value)
-
-    @property
-    def observation_transform(self):
-        return self.belief_filter.observation_transform
 
     def make_tensordict_primer(self):
         """A ``TensorDictPrimer`` declaring ``state`` and ``belief`` (and the warm-start
@@ -139,14 +115,8 @@ class PlaNetPolicy(TensorDictModuleBase):
         extra = {}
         if self.planner.warm_start:
             extra[self.planner.plan_key] = Unbounded((self.planner.planning_horizon, self.space.dim))
-        return self.belief_filter.make_tensordict_primer(extra)
+        return super().make_tensordict_primer(extra)
 
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        self.belief_filter(tensordict)  # s_t, h_t
-        with torch.no_grad():
-            self.planner(tensordict)  # writes the planned action (and the warm-start plan)
-            action = self.exploration(tensordict.get(self.action_key))
-        tensordict.set(self.action_key, action)
-        # the next belief uses the executed (noisy) action, as the model will see it in the data
-        model_action = self.space.to_model(action, tensordict.get(self.belief_key).dtype)
-        return self.belief_filter.advance(tensordict, model_action)
+    def choose(self, tensordict: TensorDictBase) -> torch.Tensor:
+        self.planner(tensordict)  # writes the planned action (and the warm-start plan)
+        return tensordict.get(self.action_key)
