@@ -17,7 +17,7 @@ Settings (N = 2500 start states, the paper's 50 x 50 batch; H = 15; 6-dim action
 - ``small``: stoch 8, belief 32, RSSM hidden 32, 32-unit heads (same depths), where the fixed
   cost per imagined step dominates.
 
-``--floor`` adds, at the paper size, the arithmetic alone: the same matmuls and activations
+``--floor`` adds, per setting, the arithmetic alone: the same matmuls and activations
 (imagination, heads per time step, lambda-returns, both backward passes and optimiser
 steps) written as plain tensor code with no loss bookkeeping, a lower bound for any
 implementation with these kernels. ``--whole-step`` adds a whole Dreamer training step (the
@@ -63,21 +63,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def alternating_medians(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                        device: str) -> dict[str, float]:
-    """Median ms of each function, calls interleaved so that background load hits all alike."""
+def alternating_medians(fns: dict[str, Callable[[], object]], warmup: int,
+                        repeats: int, device: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall-clock and process-CPU ms of each function, calls interleaved so that background
+    load hits all alike. (On a shared CPU the CPU time is the steadier of the two.)"""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return ({name: statistics.median(t) for name, t in wall.items()},
+            {name: statistics.median(t) for name, t in cpu.items()})
 
 
 def build(cfg: dict, device: str):
@@ -235,14 +239,15 @@ def bench_whole_step(name: str, cfg: dict, args, rows: list[dict]) -> None:
                                  [B, T]).reshape(-1))
 
     slow = name == "paper" and not args.quick
-    ms = alternating_medians({"ours": ours, "torchrl": torchrl}, 1, args.repeats or (2 if slow else 5), dev)
+    ms, cpu = alternating_medians({"ours": ours, "torchrl": torchrl}, 1, args.repeats or (2 if slow else 5), dev)
     config = dict(setting=name, batch=B, seq=T, starts=B * T, horizon=H, stoch=S, belief=D,
                   rssm_hidden=cfg["hidden"], heads=cfg["heads"], obs=OBS, threads=torch.get_num_threads())
     rows.append(row(f"dreamer training step {name} ({B}x{T} batch, H={H})", ms["ours"], ms["torchrl"], dev, config,
                     "world-model loss fwd/bwd + Adam, then actor + value updates from the batch's posterior "
                     "latents; ours: RSSMLoss + our Dreamer losses (the actor loss recomputes the latents "
                     "without grad: RSSMLoss returns losses only); TorchRL: DreamerModelLoss (its vector-"
-                    "observation reduction differs, same work) + its Dreamer losses on DreamerEnv; same networks"))
+                    "observation reduction differs, same work) + its Dreamer losses on DreamerEnv; same networks"
+                    f"; process CPU ms: ours {cpu['ours']:.0f}, TorchRL {cpu['torchrl']:.0f}"))
 
 
 def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
@@ -258,28 +263,30 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
     trl_update = updater(trl_actor_loss, TorchRLValueLoss(value), actor, value)
     td = TensorDict({"state": torch.randn(N, S, device=dev), "belief": torch.randn(N, D, device=dev)}, [N])
     fns = {"ours": lambda: ours_update(td), "torchrl": lambda: trl_update(td)}
-    if args.floor and name == "paper":
+    if args.floor:
         floor = arithmetic_floor(wm, actor, value, H)
         fns["floor"] = lambda: floor(td)
     slow = name == "paper" and not args.quick
     repeats = args.repeats or (3 if slow else (5 if args.quick else 7))
-    ms = alternating_medians(fns, 1 if slow else 2, repeats, dev)
+    ms, cpu = alternating_medians(fns, 1 if slow else 2, repeats, dev)
     config = dict(setting=name, starts=N, horizon=H, stoch=S, belief=D, rssm_hidden=cfg["hidden"],
                   heads=cfg["heads"], action=cfg["A"], threads=torch.get_num_threads())
     base = ("same networks and weights; TorchRL: DreamerActorLoss + DreamerValueLoss on DreamerEnv "
             "(env.rollout, a tensordict per step); both with two Adam steps and grad-norm clips")
     label = f"dreamer update {name} ({N} starts x H={H})"
-    rows.append(row(label, ms["ours"], ms["torchrl"], dev, config, base))
+    cpu_note = f"; process CPU ms: ours {cpu['ours']:.0f}, TorchRL {cpu['torchrl']:.0f}"
+    rows.append(row(label, ms["ours"], ms["torchrl"], dev, config, base + cpu_note))
     if "floor" in ms:
         rows.append(row(f"{label}, arithmetic only", ms["floor"], ms["torchrl"], dev, config,
                         "a lower bound, not a loss: the same matmuls/activations, returns, backward passes and "
-                        f"optimiser steps as plain tensor code; ours is {ms['ours'] / ms['floor']:.2f}x this"))
+                        f"optimiser steps as plain tensor code; ours is {ms['ours'] / ms['floor']:.2f}x this "
+                        f"(CPU time: {cpu['ours'] / cpu['floor']:.2f}x; floor CPU ms {cpu['floor']:.0f})"))
 
 
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--floor", action="store_true", help="add the arithmetic-only row at the paper size")
+    parser.add_argument("--floor", action="store_true", help="add the arithmetic-only rows (a lower bound)")
     parser.add_argument("--whole-step", action="store_true", help="add a whole training step row (model + behaviour)")
     args = parse_args(__doc__.splitlines()[0], parser)
     if args.threads is None and not str(args.device).startswith("cuda"):

@@ -405,3 +405,26 @@ def test_nan_in_imagined_returns_raises_non_finite_error():
         loss(batch)
     loss.check_finite = False
     assert torch.isnan(loss(batch)[1]["lambda_target"]).any()
+
+
+def test_set_keys_and_torchrl_style_probabilistic_value():
+    wm, _, _ = _parts()
+    actor = make_dreamer_actor(SPEC, S, D, num_cells=HID, in_keys=("s", "b"))
+    value_net = _CatMLP(S + D)
+    value = SafeProbabilisticTensorDictSequential(  # TorchRL's Dreamer example: a Normal value head
+        SafeModule(value_net, in_keys=["s", "b"], out_keys=["loc"]),
+        SafeProbabilisticModule(in_keys=["loc"], out_keys=["state_value"], distribution_class=IndependentNormal,
+                                distribution_kwargs={"scale": 1.0, "event_dim": 1}),
+    )
+    loss = DreamerActorLoss(actor, value, wm, imagination_horizon=3)
+    loss.set_keys(state="s", belief="b")
+    vloss = DreamerValueLoss(value)
+    vloss.set_keys(state="s", belief="b")
+    batch = TensorDict({("next", "s"): torch.randn(2, 3, S), ("next", "b"): torch.randn(2, 3, D)}, [2, 3])
+    la, fake = loss(batch)
+    assert set(fake.keys()) >= {"s", "b", "action", "lambda_target"}
+    with torch.no_grad():  # the value's mean (loc), not a sample
+        torch.testing.assert_close(fake["next", "state_value"], value_net(fake["next", "s"], fake["next", "b"]))
+    la["loss_actor"].backward()
+    vloss(fake)[0]["loss_value"].backward()
+    assert all(p.grad is not None for p in value_net.parameters())

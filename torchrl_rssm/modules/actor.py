@@ -115,11 +115,11 @@ def _box_bounds(action_spec, action_key: NestedKey, who: str) -> tuple[torch.Ten
         raise ValueError(f"{who}: action_spec must be a TorchRL Bounded (Box) spec, got {action_spec!r}.")
     if not isinstance(spec, Bounded) or spec.domain != "continuous":
         kind = type(spec).__name__
-        hint = (" Discrete actions are served as one-hot vectors only: use a OneHot spec (the world model"
-                " consumes one-hot actions; index actions cannot carry a straight-through gradient)."
+        hint = (" Discrete actions are served as one-hot vectors only (the world model consumes one-hot"
+                " actions; index actions cannot carry a straight-through gradient)."
                 if getattr(spec, "domain", None) == "discrete" else
                 " A tanh-Gaussian actor needs finite bounds: use a Bounded spec (e.g. Bounded(-1, 1, (A,))).")
-        raise ValueError(f"{who}: action_spec must be a continuous Bounded (Box) spec, got {kind}.{hint}")
+        raise ValueError(f"{who}: action_spec must be a continuous Bounded (Box) or a OneHot spec, got {kind}.{hint}")
     if len(spec.shape) < 1:
         raise ValueError(f"{who}: action_spec must have a trailing action dimension, got shape {tuple(spec.shape)}.")
     low, high = spec.space.low, spec.space.high
