@@ -80,3 +80,41 @@ def test_table_rows_from_every_json(ql, tmp_path):
 def test_unknown_preset_is_refused_by_name(ql):
     with pytest.raises(ValueError, match="Unknown preset 'quik'.*did you mean 'quick'"):
         ql.run_config(_args(ql, "--preset", "quik"))
+
+
+# ---------------------------------------------------------------- benchmarks/soak.py
+@pytest.fixture(scope="module")
+def soak():
+    return _load("soak")
+
+
+def test_soak_summary_against_hand_computed(soak):
+    rows = [{"episode": e, "buffer_steps": min(e, 3) * 10, "rss_mb": rss, "tensor_mb": 5.0}
+            for e, rss in zip(range(1, 16), [90, 95, 100] + [101] * 11 + [104])]
+    for r, ups in zip(rows[2:], [10.0] * 5 + [9.0] * 3 + [8.0] * 5):  # trained from episode 3
+        r.update(updates_per_s=ups, cpu_ms_per_update=1000 / ups)
+    out = soak.summarise(rows, capacity=30)
+    assert out["buffer_full_at_episode"] == 3
+    assert out["rss_growth_after_full"] == pytest.approx(0.04) and out["rss_goal_met"]
+    assert out["episodes_after_full"] == 12
+    assert out["updates_per_s_first5"] == 10.0 and out["updates_per_s_last5"] == 8.0
+    assert out["updates_per_s_change"] == pytest.approx(-0.2) and not out["speed_goal_met"]
+    assert out["cpu_ms_per_update_change"] == pytest.approx(0.25)
+    rows[-1]["rss_mb"] = 106.0  # 6% over the full-buffer figure
+    assert not soak.summarise(rows, capacity=30)["rss_goal_met"]
+
+
+def test_soak_tensor_bytes_counts_each_storage_once(soak):
+    import types
+
+    import torch
+    from tensordict import TensorDict
+
+    weight = torch.zeros(10, 4)                      # 160 bytes
+    storage = TensorDict({"obs": torch.zeros(7, 3, dtype=torch.uint8), "r": torch.zeros(7)}, [7])  # 21 + 28
+    agent = types.SimpleNamespace(state_dict=lambda: {"world_model": {"w": weight, "w_view": weight[:2]},
+                                                      "optimizer": {"state": {0: {"exp_avg": torch.zeros(5)}}}})
+    trainer = types.SimpleNamespace(buffer=types.SimpleNamespace(storage=types.SimpleNamespace(_storage=storage)),
+                                    agent=agent)
+    assert soak.tensor_bytes(trainer) == {"buffer": 49, "agent": 160 + 20}
+    assert soak.rss_bytes() > 10 * 2**20  # a python process with torch loaded
