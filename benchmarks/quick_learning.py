@@ -1,21 +1,35 @@
-"""Learning check of the ``quick`` preset: final test return over seeds against a random policy.
+"""Learning check: final test return of a preset over seeds, against a random policy.
 
-Runs ``torchrl-rssm train --seed S`` (the README's main command) for each seed, reads
-the final test return (mean of the preset's batched noise-free test episodes) and the
-wall time, runs a uniformly random policy for as many episodes on the same task, and
-writes ``results/quick_learning.json`` and ``results/quick_learning.md``.
+For each seed, runs ``torchrl-rssm train --preset P [--env TASK] [--algo A] --seed S``
+(a subprocess, as a user would), reads the final test return (mean of the preset's
+batched noise-free test episodes) and the wall time, runs a uniformly random policy on
+the same task at the same action repeat for ``test_episodes x seeds`` episodes, and
+writes a JSON with the commit and the exact commands that produced it. Then regenerates
+``results/learning.md``, one row per results JSON present.
 
-    python benchmarks/quick_learning.py                       # seeds 0 1 2, two at a time
-    python benchmarks/quick_learning.py --seeds 0 --jobs 1
-    python benchmarks/quick_learning.py --reuse               # keep finished runs under --root
+    python benchmarks/quick_learning.py                               # PlaNet `quick`, seeds 0 1 2, one at a time
+    python benchmarks/quick_learning.py --env dmc:reacher-easy --seeds 0 1
+    python benchmarks/quick_learning.py --preset quick-pixels --seeds 0 1
+    python benchmarks/quick_learning.py --preset dreamer-quick        # any preset name
+    python benchmarks/quick_learning.py --reuse                       # keep finished runs under --root
+    python benchmarks/quick_learning.py --table                       # only rebuild results/learning.md
 
-Each run uses one thread (the preset's ``num_threads=1``), so ``--jobs 2`` on a 2-core
-machine gives every run a core of its own.
+``--env`` keeps the preset's settings and changes only the task, as
+``torchrl-rssm train --env`` does: the action repeat becomes the task's (PlaNet's for its
+DMC domains, else 1) and the episode length the task's limit. Outputs:
+``results/quick_learning.json`` for the plain ``quick`` preset (the README's table),
+``results/learning_<preset>_<task>.json`` for everything else.
+
+Each run uses the preset's ``num_threads`` (1 for ``quick``). ``--jobs`` (default 1) runs
+that many seeds at once; the tables record which was used, since runs sharing a 2-core
+machine with other work take longer.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -23,25 +37,73 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
 
 
-def train(seed: int, root: Path, reuse: bool) -> dict:
-    logdir = root / f"s{seed}"
+def git_state(path: Path = ROOT) -> dict:
+    """The commit checked out at ``path`` and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"commit": None, "dirty": None}
+
+
+def slug(text: str) -> str:
+    return text.replace(":", "-").replace("/", "-")
+
+
+def cli_args(args: argparse.Namespace, seed: int | None = None) -> list[str]:
+    """The ``torchrl-rssm train`` arguments of one run (without --logdir / --no-progress)."""
+    out = ["--preset", args.preset]
+    if args.env:
+        out += ["--env", args.env]
+    if args.algo:
+        out += ["--algo", args.algo]
+    for item in args.overrides:
+        out += ["--set", item]
+    if seed is not None:
+        out += ["--seed", str(seed)]
+    return out
+
+
+def run_config(args: argparse.Namespace):
+    """The run's configuration exactly as the CLI builds it."""
+    from torchrl_rssm.cli import _parser, train_config
+
+    cfg, _ = train_config(_parser().parse_args(["train", *cli_args(args)]))
+    return cfg
+
+
+def train(args: argparse.Namespace, seed: int) -> dict:
+    logdir = args.root / f"s{seed}"
     result_file = logdir / "result.json"
-    if reuse and result_file.exists():
+    if args.reuse and result_file.exists():
         return json.loads(result_file.read_text())
+    command = ["torchrl-rssm", "train", *cli_args(args, seed), "--logdir", str(logdir), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.setdefault("OMP_NUM_THREADS", "1")
     start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "torchrl_rssm.cli", "train", "--seed", str(seed), "--logdir", str(logdir),
-         "--no-progress"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "torchrl_rssm.cli", *command[1:]], capture_output=True,
+                         text=True, env=env)
+    wall = time.perf_counter() - start
+    logdir.mkdir(parents=True, exist_ok=True)
+    (logdir / "stderr.txt").write_text(out.stderr)
+    if out.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result.update(seed=seed, wall_s=round(time.perf_counter() - start, 1))
-    result_file.write_text(json.dumps(result))
+    result.update(seed=seed, wall_s=round(wall, 1), command=shlex.join(command), **git_state())
+    result_file.write_text(json.dumps(result, indent=2))
     return result
 
 
-def random_returns(env_name: str, episodes: int, seed: int = 10_000) -> list[float]:
+def random_returns(cfg, episodes: int, seed: int = 10_000) -> list[float]:
+    """Returns of a uniformly random policy on ``cfg``'s task at ``cfg``'s action repeat."""
     import torch
 
     from torchrl_rssm.envs import make_env
@@ -49,50 +111,129 @@ def random_returns(env_name: str, episodes: int, seed: int = 10_000) -> list[flo
     torch.manual_seed(seed)
     returns = []
     for i in range(episodes):
-        env = make_env(env_name, from_pixels=False, seed=seed + i)
+        env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat,
+                       max_episode_steps=cfg.max_episode_steps, env_kwargs=cfg.env_kwargs, seed=seed + i)
         returns.append(float(env.rollout(env.max_episode_steps)["next", "reward"].sum()))
+        env.close()
     return returns
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--root", type=Path, default=Path("runs/quick-learning"))
-    parser.add_argument("--reuse", action="store_true", help="reuse finished runs found under --root")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "quick_learning")
-    args = parser.parse_args()
+def output_path(args: argparse.Namespace, cfg) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.preset == "quick" and not args.env and not args.algo and not args.overrides:
+        return RESULTS / "quick_learning.json"
+    return RESULTS / f"learning_{args.preset}_{slug(cfg.env)}.json"
 
-    sys.path.insert(0, str(HERE.parent))
-    from torchrl_rssm.recipes import preset
 
-    cfg = preset("quick")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda s: train(s, args.root, args.reuse), args.seeds))
-    rand = random_returns(cfg.env, cfg.test_episodes * len(args.seeds))
+def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float]) -> dict:
     ours = [r["test_return"] for r in runs]
-    summary = {
-        "task": f"{cfg.env} (state vectors, action repeat {cfg.action_repeat})",
-        "command": "torchrl-rssm train --seed S", "seeds": args.seeds,
+    obs = "pixels 64x64" if cfg.from_pixels else "state vectors"
+    if cfg.from_pixels and cfg.image_size != 64:
+        obs = f"pixels {cfg.image_size}x{cfg.image_size}"
+    commits = sorted({(r.get("commit"), r.get("dirty")) for r in runs}, key=str)
+    return {
+        "task": cfg.env, "observations": obs, "action_repeat": cfg.action_repeat,
+        "agent": cfg.algo, "preset": args.preset, "overrides": args.overrides,
+        "command": "python benchmarks/quick_learning.py " + shlex.join(sys.argv[1:]),
+        "run_command": "torchrl-rssm " + shlex.join(["train", *cli_args(args), "--seed", "S"]),
+        "runs": [{"seed": r["seed"], "test_return": r["test_return"], "wall_s": r["wall_s"],
+                  "command": r.get("command"), "commit": r.get("commit"), "dirty": r.get("dirty")} for r in runs],
+        "commits": [{"commit": c, "dirty": d} for c, d in commits],
+        "script": git_state(),
+        "seeds": [r["seed"] for r in runs],
         "ours_final_test_return": [round(x, 1) for x in ours],
         "ours_mean": round(statistics.mean(ours), 1),
-        "random_mean": round(statistics.mean(rand), 1), "random_std": round(statistics.stdev(rand), 1),
+        "ours_std": round(statistics.stdev(ours), 1) if len(ours) > 1 else None,
+        "random_mean": round(statistics.mean(rand), 1),
+        "random_std": round(statistics.stdev(rand), 1) if len(rand) > 1 else None,
         "random_episodes": len(rand),
-        "wall_s": [r["wall_s"] for r in runs], "episodes": runs[0]["episodes"],
-        "env_steps": runs[0]["env_steps"], "jobs": args.jobs,
+        "wall_s": [r["wall_s"] for r in runs],
+        "episodes": runs[0]["episodes"], "env_steps": runs[0]["env_steps"], "updates": runs[0].get("updates"),
+        "jobs": args.jobs, "threads_per_run": cfg.num_threads,
+        "partial": any(r.get("partial") for r in runs),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    table = (
-        "| task | random policy | ours (final test return, per seed) | mean | wall time per run |\n"
-        "|---|---|---|---|---|\n"
-        f"| {summary['task']} | {summary['random_mean']} ± {summary['random_std']} "
-        f"({len(rand)} episodes) | {', '.join(f'{x:.0f}' for x in ours)} | {summary['ours_mean']} | "
-        f"{', '.join(f'{w / 60:.1f}' for w in summary['wall_s'])} min |\n"
-    )
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.0f}"
+
+
+def table(paths: list[Path]) -> str:
+    """One markdown row per results JSON."""
+    lines = ["| task | agent (preset) | random policy | ours: final test return per seed | mean | "
+             "wall time per run | runs at once | commit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        s = json.loads(path.read_text())
+        if "ours_final_test_return" not in s:
+            continue
+        task = s["task"]
+        obs = s.get("observations")
+        if obs is None:  # older files: "dmc:... (state vectors, action repeat 8)"
+            task, _, rest = task.partition(" (")
+            obs = rest.rstrip(")")
+        else:
+            obs = f"{obs}, action repeat {s.get('action_repeat')}"
+        agent = f"{s.get('agent', 'planet')} (`{s.get('preset', 'quick')}`)"
+        commits = s.get("commits") or [{"commit": s.get("commit"), "dirty": s.get("dirty")}]
+        commit = ", ".join(f"{(c['commit'] or '?')[:7]}{'+dirty' if c.get('dirty') else ''}" for c in commits)
+        partial = " (partial)" if s.get("partial") else ""
+        rand = f"{s['random_mean']:.0f} ± {s['random_std'] or 0:.0f} ({s['random_episodes']} ep.)"
+        lines.append(
+            f"| {task}, {obs} | {agent}{partial} | {rand} | "
+            f"{', '.join(_fmt(x) for x in s['ours_final_test_return'])} | {s['ours_mean']:.0f} | "
+            f"{', '.join(f'{w / 60:.1f}' for w in s['wall_s'])} min | {s.get('jobs', '?')} | {commit} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(folder: Path = RESULTS) -> Path:
+    """Regenerates ``<folder>/learning.md`` from the results JSONs in ``folder``."""
+    paths = sorted((p for p in folder.glob("*.json")
+                    if p.name == "quick_learning.json" or p.name.startswith("learning_")),
+                   key=lambda p: (p.name != "quick_learning.json", p.name))  # the README's table first
+    out = folder / "learning.md"
+    out.write_text("<!-- generated by benchmarks/quick_learning.py from the JSONs beside it -->\n" + table(paths))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="quick", help="any preset name (default quick)")
+    parser.add_argument("--env", default=None, help="another task with the preset's settings (as `train --env`)")
+    parser.add_argument("--algo", default=None, help="passed to `torchrl-rssm train --algo`")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to `torchrl-rssm train --set` (recorded in the JSON)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1)")
+    parser.add_argument("--root", type=Path, default=None, help="run folders (default runs/learning/<name>)")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs found under --root")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default from preset and task)")
+    parser.add_argument("--table", action="store_true", help="only regenerate results/learning.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.table:
+        print(write_table().read_text())
+        return
+
+    cfg = run_config(args)
+    out = output_path(args, cfg)
+    if args.root is None:
+        args.root = Path("runs/learning") / out.stem
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(lambda s: train(args, s), args.seeds))
+    rand = random_returns(cfg, cfg.test_episodes * len(args.seeds))
+    summary = summarise(args, cfg, runs, rand)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table([out]))
+    md = write_table(out.parent)
+    print(table([out]))
+    print(f"wrote {out} and {md}")
 
 
 if __name__ == "__main__":

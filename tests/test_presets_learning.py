@@ -1,0 +1,120 @@
+"""The learning benchmark script (benchmarks/quick_learning.py) and the per-task presets."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from torchrl_rssm.recipes import PRESETS, preset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ql():
+    return _load("quick_learning")
+
+
+def _args(ql, *argv):
+    return ql.build_parser().parse_args(list(argv))
+
+
+def test_env_changes_only_the_task(ql):
+    """--env keeps the preset's model and schedule and takes the task's action repeat, as the CLI does."""
+    quick = preset("quick")
+    cfg = ql.run_config(_args(ql, "--env", "dmc:reacher-easy"))
+    assert cfg.env == "dmc:reacher-easy"
+    assert cfg.action_repeat is None or cfg.action_repeat == 4  # None: make_env's per-domain default (4)
+    assert (cfg.belief_dim, cfg.batch_size, cfg.episodes, cfg.updates_per_episode, cfg.num_candidates) == \
+        (quick.belief_dim, quick.batch_size, quick.episodes, quick.updates_per_episode, quick.num_candidates)
+    assert ql.run_config(_args(ql)).action_repeat == 8
+
+
+def test_cli_args_and_output_names(ql):
+    args = _args(ql, "--env", "gym:Pendulum-v1", "--set", "lr=1e-3")
+    assert ql.cli_args(args, seed=3) == ["--preset", "quick", "--env", "gym:Pendulum-v1", "--set", "lr=1e-3",
+                                         "--seed", "3"]
+    cfg = ql.run_config(args)
+    assert ql.output_path(args, cfg).name == "learning_quick_gym-Pendulum-v1.json"
+    plain = _args(ql)
+    assert ql.output_path(plain, ql.run_config(plain)).name == "quick_learning.json"
+    algo = _args(ql, "--preset", "tiny", "--algo", "planet")
+    assert ql.output_path(algo, ql.run_config(algo)).name == "learning_tiny_dmc-cartpole-swingup.json"
+
+
+def test_git_state_names_a_commit(ql):
+    state = ql.git_state()
+    assert re.fullmatch(r"[0-9a-f]{40}", state["commit"]) and isinstance(state["dirty"], bool)
+    assert ql.git_state(Path("/")) == {"commit": None, "dirty": None}
+
+
+def test_table_rows_from_every_json(ql, tmp_path):
+    new = {"task": "dmc:reacher-easy", "observations": "state vectors", "action_repeat": 4, "agent": "planet",
+           "preset": "quick", "ours_final_test_return": [512.3, 301.0], "ours_mean": 406.65,
+           "random_mean": 40.2, "random_std": 12.1, "random_episodes": 8, "wall_s": [600.0, 630.0], "jobs": 1,
+           "commits": [{"commit": "abcdef1234567", "dirty": True}], "partial": True}
+    old = {"task": "dmc:cartpole-swingup (state vectors, action repeat 8)", "ours_final_test_return": [432.4],
+           "ours_mean": 432.4, "random_mean": 125.3, "random_std": 58.7, "random_episodes": 4,
+           "wall_s": [381.6], "jobs": 2}
+    (tmp_path / "learning_quick_dmc-reacher-easy.json").write_text(json.dumps(new))
+    (tmp_path / "quick_learning.json").write_text(json.dumps(old))
+    (tmp_path / "soak.json").write_text(json.dumps({"other": 1}))  # not a learning table
+    text = ql.write_table(tmp_path).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| dmc")]
+    assert len(rows) == 2
+    assert "| dmc:reacher-easy, state vectors, action repeat 4 | planet (`quick`) (partial) | 40 ± 12 (8 ep.) | " \
+           "512, 301 | 407 | 10.0, 10.5 min | 1 | abcdef1+dirty |" in rows
+    assert rows[0].startswith("| dmc:cartpole-swingup, state vectors, action repeat 8 | planet (`quick`) | 125 ± 59")
+
+
+def test_unknown_preset_is_refused_by_name(ql):
+    with pytest.raises(ValueError, match="Unknown preset 'quik'.*did you mean 'quick'"):
+        ql.run_config(_args(ql, "--preset", "quik"))
+
+
+# ---------------------------------------------------------------- benchmarks/soak.py
+@pytest.fixture(scope="module")
+def soak():
+    return _load("soak")
+
+
+def test_soak_summary_against_hand_computed(soak):
+    rows = [{"episode": e, "buffer_steps": min(e, 3) * 10, "rss_mb": rss, "tensor_mb": 5.0}
+            for e, rss in zip(range(1, 16), [90, 95, 100] + [101] * 11 + [104])]
+    for r, ups in zip(rows[2:], [10.0] * 5 + [9.0] * 3 + [8.0] * 5):  # trained from episode 3
+        r.update(updates_per_s=ups, cpu_ms_per_update=1000 / ups)
+    out = soak.summarise(rows, capacity=30)
+    assert out["buffer_full_at_episode"] == 3
+    assert out["rss_growth_after_full"] == pytest.approx(0.04) and out["rss_goal_met"]
+    assert out["episodes_after_full"] == 12
+    assert out["updates_per_s_first5"] == 10.0 and out["updates_per_s_last5"] == 8.0
+    assert out["updates_per_s_change"] == pytest.approx(-0.2) and not out["speed_goal_met"]
+    assert out["cpu_ms_per_update_change"] == pytest.approx(0.25)
+    rows[-1]["rss_mb"] = 106.0  # 6% over the full-buffer figure
+    assert not soak.summarise(rows, capacity=30)["rss_goal_met"]
+
+
+def test_soak_tensor_bytes_counts_each_storage_once(soak):
+    import types
+
+    import torch
+    from tensordict import TensorDict
+
+    weight = torch.zeros(10, 4)                      # 160 bytes
+    storage = TensorDict({"obs": torch.zeros(7, 3, dtype=torch.uint8), "r": torch.zeros(7)}, [7])  # 21 + 28
+    agent = types.SimpleNamespace(state_dict=lambda: {"world_model": {"w": weight, "w_view": weight[:2]},
+                                                      "optimizer": {"state": {0: {"exp_avg": torch.zeros(5)}}}})
+    trainer = types.SimpleNamespace(buffer=types.SimpleNamespace(storage=types.SimpleNamespace(_storage=storage)),
+                                    agent=agent)
+    assert soak.tensor_bytes(trainer) == {"buffer": 49, "agent": 160 + 20}
+    assert soak.rss_bytes() > 10 * 2**20  # a python process with torch loaded
