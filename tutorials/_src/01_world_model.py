@@ -141,8 +141,10 @@ print("writes:", world_model.out_keys)
 # Training samples are chunks of `length` consecutive steps from random episodes and
 # start times: a `[batch, length]` tensordict. `Dequantize` (a TorchRL `Transform`) maps the
 # stored `uint8` pixels to floats in $[-0.5, 0.5)$ and adds PlaNet's uniform dequantisation
-# noise, freshly for each sample. (Notebook 2 uses TorchRL's replay buffer with a
-# `SliceSampler` for this.)
+# noise, freshly for each sample. Each chunk's first step is marked `is_init`: the model
+# starts it from its first (root) observation, filtered from the zero latent with a zero
+# action, as at an episode start. (Notebook 2 uses TorchRL's replay buffer with a
+# `SliceSampler` for this; it does the same.)
 
 # %%
 dequantize = Dequantize(bits=5)
@@ -151,7 +153,9 @@ dequantize = Dequantize(bits=5)
 def sample_chunks(data, batch, length):
     episode = torch.randint(data.shape[0], (batch, 1))
     t = torch.randint(data.shape[1] - length + 1, (batch, 1)) + torch.arange(length)
-    return dequantize(data[episode, t])  # [batch, length]
+    chunk = dequantize(data[episode, t])  # [batch, length]
+    chunk["is_init"][:, 0] = True  # each chunk starts from its first observation, filtered
+    return chunk
 
 
 batch = sample_chunks(data, cfg.batch, cfg.length)
@@ -235,14 +239,17 @@ plt.show()
 # Below we run the model on the held-out episode with the **tensor API** of the rollout
 # (the hot path the loss and the planner use): `encoder` embeds every image at once,
 # `rollout.observe` filters the posterior over the sequence (step $t$ consumes $a_t$ and
-# $o_{t+1}$), and `decoder` maps every $(h_t, s_t)$ back to an image.
+# $o_{t+1}$), and `decoder` maps every $(h_t, s_t)$ back to an image. As in training, the
+# episode's first observation $o_0$ is filtered first (`init_embedding`, read at `is_init`
+# rows): the latent entering step 0 already knows where the cart starts.
 
 # %%
 wm, rollout = world_model, world_model.rollout
 episode = dequantize(test_episode.clone())[None]  # [1, T]
 with torch.no_grad():
     embedding = wm.encoder(episode["next", "pixels"])
-    filtered = rollout.observe(embedding, episode["action"], is_init=episode["is_init"])
+    filtered = rollout.observe(embedding, episode["action"], is_init=episode["is_init"],
+                               init_embedding=wm.encoder(episode["pixels"]))
     reconstruction = wm.decoder(filtered["state"], filtered["belief"])
 truth = episode["next", "pixels"][0]
 every = max(1, cfg.steps // 12)

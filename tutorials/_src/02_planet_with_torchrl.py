@@ -153,7 +153,7 @@ print(f"TensorBoard logs go to {logdir}/ (relative to the notebook's working dir
 # %%
 def update_model(num_updates):
     for _ in range(num_updates):
-        batch = replay_buffer.sample().exclude("state", "belief")  # chunks start from zeros
+        batch = replay_buffer.sample()  # each chunk starts from its first observation, filtered
         losses = loss_module(batch)
         total = sum(v for k, v in losses.items() if k.startswith("loss_"))
         optimizer.zero_grad()
@@ -278,4 +278,4 @@ from torchrl_rssm.recipes import preset
 
 {k: v for k, v in preset("quick").to_dict().items()
  if k in ("env", "from_pixels", "episodes", "updates_per_episode", "batch_size", "chunk_length",
-          "candidates", "horizon", "optim_steps", "top_k", "logdir")}
+          "num_candidates", "planning_horizon", "optim_steps", "top_k", "logdir")}
