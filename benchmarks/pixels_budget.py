@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = measure(args.preset, args.overrides, args.updates, args.profile)
     table = out.pop("profile", None)
+    from quick_learning import git_state
+
     out["command"] = "python benchmarks/pixels_budget.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    out.update(git_state(HERE.parent))
     print(json.dumps(out))
     if table:
         print(table)
