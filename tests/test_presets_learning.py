@@ -142,3 +142,15 @@ def test_conv_channels_reach_the_world_model(tmp_path):
     assert wm.encoder(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 64 * 2 * 2)
     deconvs = [m for m in wm.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert deconvs[-1].out_channels == 3 and deconvs[0].out_channels == 8 * 4
+
+
+def test_quick_pendulum_preset_plans_over_1_5_seconds():
+    from torchrl_rssm.envs import make_env
+
+    quick, cfg = preset("quick"), preset("quick-pendulum")
+    env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat,
+                   max_episode_steps=cfg.max_episode_steps)
+    assert env.max_episode_steps == 100 >= cfg.chunk_length  # 200 env steps at repeat 2
+    assert cfg.planning_horizon * cfg.action_repeat * 0.05 == pytest.approx(1.5)  # Pendulum-v1: dt = 0.05 s
+    for field in ("belief_dim", "batch_size", "episodes", "updates_per_episode", "num_candidates", "lr"):
+        assert getattr(cfg, field) == getattr(quick, field), field
