@@ -4,16 +4,15 @@ Builds the trainer of a preset (default ``quick-pixels``), fills the replay buff
 random episodes, then times ``--updates`` gradient steps and one collected agent episode
 (planning every step), and prints the estimated wall time of the whole run
 (``episodes x (updates_per_episode x update + episode)`` plus tests), optionally with a
-``torch.profiler`` summary of one update. Sizes can be varied with ``--set``; the
-conv width with ``--channels`` (PlaNet's 32).
+``torch.profiler`` summary of one update. Sizes can be varied with ``--set`` (the conv
+width: ``--set conv_channels=N``, PlaNet's 32).
 
     python benchmarks/pixels_budget.py                               # the preset as it is
-    python benchmarks/pixels_budget.py --set batch_size=8 --channels 16 --profile
+    python benchmarks/pixels_budget.py --set batch_size=8 --set conv_channels=32 --profile
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import shlex
 import shutil
@@ -28,10 +27,10 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 import torch  # noqa: E402
 from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
 
-from torchrl_rssm.recipes import Trainer, apply_overrides, planet, preset  # noqa: E402
+from torchrl_rssm.recipes import Trainer, apply_overrides, preset  # noqa: E402
 
 
-def measure(name: str, overrides: list[str], updates: int, channels: int | None, profile: bool) -> dict:
+def measure(name: str, overrides: list[str], updates: int, profile: bool) -> dict:
     cfg = preset(name)
     apply_overrides(cfg, overrides)
     cfg.progress, cfg.video_every, cfg.test_every = False, 0, 0
@@ -39,8 +38,6 @@ def measure(name: str, overrides: list[str], updates: int, channels: int | None,
     cfg.logdir = str(logdir)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    if channels is not None:  # conv width: not a config field, so patched for the measurement
-        planet.make_world_model = functools.partial(planet.make_world_model, channels=channels)
     trainer = Trainer(cfg)
     env = trainer.env
     for _ in range(2):  # random episodes to sample from
@@ -60,7 +57,7 @@ def measure(name: str, overrides: list[str], updates: int, channels: int | None,
     estimate = (cfg.episodes * (cfg.updates_per_episode * per_update + per_episode)
                 + tests * per_step * trainer.episode_steps * 1.5)  # a test batch: ~1.5x one episode
     params = sum(p.numel() for p in trainer.world_model.parameters())
-    out = {"preset": name, "overrides": overrides, "channels": channels or 32, "threads": torch.get_num_threads(),
+    out = {"preset": name, "overrides": overrides, "conv_channels": cfg.conv_channels, "threads": torch.get_num_threads(),
            "params": params, "s_per_update": round(per_update, 3), "s_per_agent_step": round(per_step, 4),
            "s_per_episode_collect": round(per_episode, 1), "episodes": total_eps,
            "updates_per_episode": cfg.updates_per_episode, "estimated_run_min": round(estimate / 60, 1)}
@@ -78,13 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick-pixels")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--channels", type=int, default=None)
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
-    out = measure(args.preset, args.overrides, args.updates, args.channels, args.profile)
+    out = measure(args.preset, args.overrides, args.updates, args.profile)
     table = out.pop("profile", None)
+    from quick_learning import git_state
+
     out["command"] = "python benchmarks/pixels_budget.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    out.update(git_state(HERE.parent))
     print(json.dumps(out))
     if table:
         print(table)

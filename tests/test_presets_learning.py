@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from torchrl_rssm.recipes import PRESETS, preset
 
@@ -118,3 +119,38 @@ def test_soak_tensor_bytes_counts_each_storage_once(soak):
                                     agent=agent)
     assert soak.tensor_bytes(trainer) == {"buffer": 49, "agent": 160 + 20}
     assert soak.rss_bytes() > 10 * 2**20  # a python process with torch loaded
+
+
+# ------------------------------------------------------------------------- presets
+def test_quick_pixels_preset_sizes():
+    """64x64 pixels, half-width convs, the quick preset's RSSM and planner, a buffer sized from the run."""
+    quick, pixels = preset("quick"), preset("quick-pixels")
+    assert pixels.from_pixels and pixels.image_size == 64 and pixels.env == quick.env
+    assert pixels.conv_channels == 16 and quick.conv_channels == 32 == preset("cartpole-swingup").conv_channels
+    for field in ("state_dim", "belief_dim", "hidden_dim", "planning_horizon", "num_candidates", "action_repeat"):
+        assert getattr(pixels, field) == getattr(quick, field), field
+    assert pixels.buffer_capacity is None  # (5 + 60) x 125 steps, not 100k steps of 24.6 kB reserved at once
+
+
+def test_conv_channels_reach_the_world_model(tmp_path):
+    from torchrl_rssm.recipes import Trainer, apply_overrides
+
+    cfg = apply_overrides(preset("tiny"), ["from_pixels=true", "conv_channels=8", f"logdir={tmp_path}"])
+    wm = Trainer(cfg).world_model
+    convs = [m for m in wm.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32, 64]
+    assert wm.encoder(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 64 * 2 * 2)
+    deconvs = [m for m in wm.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert deconvs[-1].out_channels == 3 and deconvs[0].out_channels == 8 * 4
+
+
+def test_quick_pendulum_preset_plans_over_1_5_seconds():
+    from torchrl_rssm.envs import make_env
+
+    quick, cfg = preset("quick"), preset("quick-pendulum")
+    env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat,
+                   max_episode_steps=cfg.max_episode_steps)
+    assert env.max_episode_steps == 100 >= cfg.chunk_length  # 200 env steps at repeat 2
+    assert cfg.planning_horizon * cfg.action_repeat * 0.05 == pytest.approx(1.5)  # Pendulum-v1: dt = 0.05 s
+    for field in ("belief_dim", "batch_size", "episodes", "updates_per_episode", "num_candidates", "lr"):
+        assert getattr(cfg, field) == getattr(quick, field), field

@@ -52,7 +52,8 @@ class PlaNetAgent(Agent):
         self.world_model = make_world_model(
             env.observation_spec, env.action_spec, obs_key=self.obs_key,
             state_dim=cfg.state_dim, belief_dim=cfg.belief_dim, hidden_dim=cfg.hidden_dim,
-            embed_dim=cfg.embed_dim, min_std=cfg.min_std, compile_step=cfg.compile, device=device,
+            embed_dim=cfg.embed_dim, channels=cfg.conv_channels, min_std=cfg.min_std, compile_step=cfg.compile,
+            device=device,
         )
         self.loss_module = RSSMLoss(
             self.world_model, free_nats=cfg.free_nats, kl_balance=cfg.kl_balance,
