@@ -55,7 +55,9 @@ def test_algo_names_an_agent_class(tmp_path, capsys):
     assert issubclass(DreamerAgent, Agent)
     with pytest.raises(ValueError, match="expected one of"):
         agent_class("sac")
-    assert main(["train", "--algo", "sac", "--logdir", str(tmp_path / "d")]) == 2  # argparse choices
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices
+        main(["train", "--algo", "sac", "--logdir", str(tmp_path / "d")])
+    assert exit_info.value.code == 2 and "invalid choice: 'sac'" in capsys.readouterr().err
 
 
 def test_presets_listed_by_agent_with_field_docs(capsys):
