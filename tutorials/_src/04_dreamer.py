@@ -27,7 +27,7 @@
 
 # %% [markdown]
 # **Size switch.** `TORCHRL_RSSM_TUTORIAL_SIZE=tiny` runs in seconds (the test suite does
-# that). `full` takes about six minutes on a 2-core CPU at one thread: about 75 s to train a
+# that). `full` takes about five minutes on a 2-core CPU at one thread: about 75 s to train a
 # pixel world model on a few random episodes (so that its imagined frames mean something)
 # and about 3 minutes of Dreamer training from state vectors.
 
