@@ -422,6 +422,13 @@ class Trainer:
                     self._check_episode_lengths()
                     metrics = self.update_model(self.updates_due(per_round * self.episode_steps))
                     if cfg.collector == "async":
+                        # TorchRL's weight push waits for every worker's acknowledgement: a dead
+                        # worker would block it forever, so check the collector's processes first
+                        dead = [(i, p.exitcode) for i, p in enumerate(getattr(collector, "procs", ()))
+                                if not p.is_alive()]
+                        if dead:
+                            failed = RuntimeError(f"collector worker(s) died (index, exit code): {dead}")
+                            raise failed
                         collector.update_policy_weights_()
                 tested = cfg.test_every > 0 and (test_clock.crossed(before, episodes) or episodes >= total)
                 if tested:
