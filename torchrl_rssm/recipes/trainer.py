@@ -251,6 +251,11 @@ class Trainer:
                 f"chunk fits. Set chunk_length <= {self.episode_steps} (--set chunk_length=N) or a longer episode."
             )
         self.agent = factory(cfg, self.env, self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:  # torchrun: DDP over the agent's updates
+            from .distributed import wrap_ddp
+
+            wrap_ddp(self.agent, self.device)
         self.env.append_transform(self.agent.make_tensordict_primer())
         self.buffer = self._make_buffer()
         self.counters = dict(episodes=0, env_steps=0, updates=0, skipped_updates=0, dropped_episodes=0)
