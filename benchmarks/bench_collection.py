@@ -47,7 +47,7 @@ def _cfg(name: str, device: str, num_envs: int, steps: int, **kw):
     cfg = preset("quick")
     cfg.logdir = tempfile.mkdtemp(prefix="bench_collection_")
     cfg.progress, cfg.video_every, cfg.test_every, cfg.checkpoint_every = False, 0, 0, 0
-    cfg.device, cfg.num_envs, cfg.max_episode_steps, cfg.num_threads = device, num_envs, steps, None
+    cfg.device, cfg.num_envs, cfg.max_episode_steps = device, num_envs, steps  # num_threads: the preset's (1)
     cfg.chunk_length = min(cfg.chunk_length, steps)
     if name == "planner-planet":
         for k, v in PLANET.items():
@@ -117,11 +117,12 @@ def loop_rate(device: str, num_envs: int, steps: int, episodes: int, ratio: floa
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--no-async", action="store_true", help="skip the multi-process row (worker start-up)")
+    parser.add_argument("--smoke", action="store_true", help="two rows only (device_check.sh's CPU dry run)")
     args = parse_args(__doc__.splitlines()[0], parser)
     warnings.filterwarnings("ignore")
     dev = args.device
     quick = args.quick
-    steps = 5 if quick else 50
+    steps = 10 if quick else 50
     rows = []
 
     def add(label, rate, base, config, extra=""):
@@ -134,6 +135,8 @@ def main() -> None:
     settings = [("planner-quick", (1, 2, 4, 8), 2 if quick else 4, steps),
                 ("dreamer-actor", (1, 8) if quick else (1, 2, 4, 8), 2 if quick else 4, steps),
                 ("planner-planet", (1, 4) if quick else (1, 2, 4, 8), 1 if quick else 2, 2 if quick else 10)]
+    if args.smoke:
+        settings, args.no_async = [("planner-quick", (1, 2), 1, 2)], True
     for name, ns, batches, env_steps in settings:
         base = None
         for n in ns:
@@ -148,7 +151,7 @@ def main() -> None:
             ", workers' start not timed")
     ratio = 0.1
     base = None
-    for n in (1, 8):
+    for n in (() if args.smoke else (1, 8)):
         rate = loop_rate(dev, n, steps if quick else 50, episodes=n if quick else 16, ratio=ratio)
         base = rate if n == 1 else base
         add(f"loop planner-quick n={n} ratio={ratio}", rate, None if n == 1 else base,
