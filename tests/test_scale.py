@@ -234,3 +234,16 @@ def test_async_two_workers_train_and_get_new_weights_then_a_dead_worker_stops_cl
     assert stored == trainer.counters["episodes"] * trainer.episode_steps
     resumed = Trainer(cfg, resume=True)
     assert len(resumed.buffer) == stored and resumed.counters == trainer.counters
+
+
+def test_distributed_collector_with_two_local_workers_fills_the_buffer(tmp_path):
+    """TorchRL's DistributedCollector (torch.distributed, launcher="mp", 2 local workers)."""
+    cfg = tiny(tmp_path, collector="distributed", collector_workers=2, seed_episodes=2, episodes=4, test_every=0,
+               checkpoint_every=0, planning_horizon=2, num_candidates=8, top_k=2, distributed_port=29533)
+    trainer = Trainer(cfg)
+    out = trainer.train()
+    T = trainer.episode_steps
+    assert out["episodes"] == 6 and out["updates"] == 3 * 4  # 2 workers x 1 env: 2 episodes per round
+    assert trainer.buffer.episode_lengths().tolist() == [T] * 6  # each worker's episode kept apart
+    chunks = trainer.buffer.sample()
+    assert all(bool((c["episode"] == c["episode"][0]).all()) for c in chunks)

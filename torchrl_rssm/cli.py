@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="environments stepped together as one batch (default 1)")
     train.add_argument("--env-backend", dest="env_backend", choices=("serial", "parallel"),
                        help="batch of environments in this process (serial) or one process each (parallel)")
-    train.add_argument("--collector", choices=("sync", "async"),
+    train.add_argument("--collector", choices=("sync", "async", "distributed"),
                        help="sync: collect in this process; async: TorchRL worker processes collect while "
                             "the model trains (--set collector_workers=N)")
     train.add_argument("--train-ratio", dest="train_ratio", type=float,

@@ -150,9 +150,11 @@ class RunConfig:
     env_backend: str = "serial"
     """how a batch of environments runs: "serial" (SerialEnv, one process) or "parallel" (ParallelEnv)"""
     collector: str = "sync"
-    """"sync": collect in the trainer's process; "async": TorchRL's MultiAsyncCollector in worker processes"""
+    """"sync": in the trainer's process; "async": TorchRL MultiAsyncCollector workers; "distributed": TorchRL DistributedCollector"""
     collector_workers: int = 2
-    """worker processes of the "async" collector (each steps num_envs environments)"""
+    """worker processes of the "async" / "distributed" collector (each steps num_envs environments)"""
+    distributed_port: int = 29517
+    """TCP port of the "distributed" collector's process group (TorchRL DistributedCollector, launcher="mp")"""
     # --- run
     seed: int = 0
     """seeds python, numpy, torch and the envs"""
@@ -171,7 +173,7 @@ class RunConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "episodes", "test_every", "test_episodes", "checkpoint_every", "device", "logdir", "video_every",
         "progress", "compile", "nan_policy", "num_threads", "buffer_device",
-        "num_envs", "env_backend", "collector", "collector_workers",
+        "num_envs", "env_backend", "collector", "collector_workers", "distributed_port",
     )
 
     def to_dict(self) -> dict[str, Any]:

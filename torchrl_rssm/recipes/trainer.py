@@ -70,7 +70,7 @@ __all__ = ["CHECKPOINT_DIR", "COLLECTORS", "CollectorFailedError", "ConfigMismat
 MAX_BUFFER_STEPS = 1_000_000
 _CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo", "schedule")
 #: collection layouts (``RunConfig.collector``) and batched-env backends (``RunConfig.env_backend``)
-COLLECTORS = ("sync", "async")
+COLLECTORS = ("sync", "async", "distributed")
 ENV_BACKENDS = ("serial", "parallel")
 
 
@@ -99,7 +99,7 @@ def check_layout(cfg: RunConfig) -> None:
         raise ValueError(f"env_backend={cfg.env_backend!r}: expected one of {list(ENV_BACKENDS)}.")
     if cfg.collector not in COLLECTORS:
         raise ValueError(f"collector={cfg.collector!r}: expected one of {list(COLLECTORS)}.")
-    if cfg.collector == "async" and (not isinstance(cfg.collector_workers, int) or cfg.collector_workers < 1):
+    if cfg.collector != "sync" and (not isinstance(cfg.collector_workers, int) or cfg.collector_workers < 1):
         raise ValueError(f"collector_workers={cfg.collector_workers!r}: expected an integer >= 1 worker processes.")
     if cfg.train_ratio is not None and not (isinstance(cfg.train_ratio, (int, float)) and cfg.train_ratio >= 0
                                             and math.isfinite(cfg.train_ratio)):
@@ -369,6 +369,16 @@ class Trainer:
                 return collector
             workers = cfg.collector_workers
             make = functools.partial(_batched_env, cfg.num_envs, cfg.env_backend, self.env_maker())
+            if cfg.collector == "distributed":
+                from torchrl.collectors.distributed import DistributedCollector
+
+                # torch.distributed workers started here (launcher="mp"); on a cluster use
+                # launcher="submitit" (SLURM): see docs. frames_per_batch is the total of all workers.
+                return DistributedCollector(
+                    [make] * workers, self.policy, frames_per_batch=workers * batch, total_frames=2**62,
+                    init_random_frames=math.ceil(seed_rounds / workers) * batch * workers, launcher="mp", sync=False,
+                    backend="gloo", tcp_port=cfg.distributed_port, policy_device=self.device, env_device="cpu",
+                    storing_device=self.buffer_device, exploration_type=ExplorationType.RANDOM)
             collector = MultiAsyncCollector([make] * workers, self.policy,
                                             init_random_frames=math.ceil(seed_rounds / workers) * batch, **kw)
             collector.set_seed(cfg.seed + self.counters["episodes"])
@@ -420,13 +430,14 @@ class Trainer:
                     raise
                 train_return = self._store_episode(episode)
                 before = self.counters["episodes"]
+                per_round = max(1, episode.numel() // self.episode_steps)  # one episode per env in the batch
                 self.counters["episodes"] += per_round
                 episodes = self.counters["episodes"]
                 metrics = {}
                 if cfg.seed_episodes <= episodes < total:
                     self._check_episode_lengths()
                     metrics = self.update_model(self.updates_due(per_round * self.episode_steps))
-                    if cfg.collector == "async":
+                    if cfg.collector != "sync":
                         # TorchRL's weight push waits for every worker's acknowledgement: a dead
                         # worker would block it forever, so check the collector's processes first
                         dead = [(i, p.exitcode) for i, p in enumerate(getattr(collector, "procs", ()))
