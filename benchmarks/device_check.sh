@@ -46,9 +46,8 @@ step() {  # step NAME TIMEOUT_S CMD...: runs CMD with a timeout, logs to $OUT/NA
 if python -c "import torchrl, tensordict, dm_control, mujoco, gymnasium" 2>/dev/null; then
   echo "== packages already importable"
 elif [ -d "$WHEELS" ]; then
-  step install 240 pip install --no-index --find-links "$WHEELS" torchrl tensordict dm_control mujoco gymnasium \
-    tensorboard pytest
-  step install_self 60 pip install --no-deps --no-build-isolation -e .
+  # --no-deps: the folder holds exactly what is needed (see fetch_device_wheels.sh), torch stays as installed
+  step install 240 bash -c "pip install --no-index --no-deps $WHEELS/*.whl"
 else
   echo "device_check: no packages and no $WHEELS/ (run benchmarks/fetch_device_wheels.sh first)" >&2; exit 2
 fi
