@@ -88,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--logdir", help="TensorBoard logs and checkpoints go here")
     train.add_argument("--episodes", type=int, help="training episodes after the seed episodes")
+    train.add_argument("--num-envs", dest="num_envs", type=int,
+                       help="environments stepped together as one batch (default 1)")
+    train.add_argument("--env-backend", dest="env_backend", choices=("serial", "parallel"),
+                       help="batch of environments in this process (serial) or one process each (parallel)")
+    train.add_argument("--collector", choices=("sync", "async", "distributed"),
+                       help="sync: collect in this process; async: TorchRL worker processes collect while "
+                            "the model trains (--set collector_workers=N)")
+    train.add_argument("--train-ratio", dest="train_ratio", type=float,
+                       help="model updates per collected agent step (default: updates_per_episode per episode)")
     train.add_argument("--resume", action="store_true",
                        help="continue from <logdir>/checkpoint with the run's own settings")
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -106,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAG_FIELDS = ("algo", "env", "from_pixels", "device", "seed", "logdir", "episodes", "progress")
+_FLAG_FIELDS = ("algo", "env", "from_pixels", "device", "seed", "logdir", "episodes", "progress", "num_envs",
+                "env_backend", "collector", "train_ratio")
 
 
 def train_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:

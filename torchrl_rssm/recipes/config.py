@@ -129,7 +129,9 @@ class RunConfig:
     episodes: int = 1000
     """training episodes collected by the agent (after the seed episodes)"""
     updates_per_episode: int = 100
-    """C: gradient steps before each collected episode"""
+    """C: gradient steps before each collected episode (used when train_ratio is None)"""
+    train_ratio: float | None = None
+    """model updates per collected agent step (one stored transition); None: updates_per_episode per episode"""
     test_every: int = 25
     """episodes between test runs (also one at the end; 0: never)"""
     test_episodes: int = 5
@@ -144,6 +146,17 @@ class RunConfig:
     """LazyMemmapStorage under logdir instead of memory"""
     nan_policy: str = "skip"
     """"skip": skip the update, warn and count; "raise": stop with an error"""
+    # --- collection layout (see recipes/trainer.py, "Scale")
+    num_envs: int = 1
+    """environments stepped together as one batch (the policy acts on the whole batch in one call)"""
+    env_backend: str = "serial"
+    """how a batch of environments runs: "serial" (SerialEnv, one process) or "parallel" (ParallelEnv)"""
+    collector: str = "sync"
+    """"sync": in the trainer's process; "async": TorchRL MultiAsyncCollector workers; "distributed": TorchRL DistributedCollector"""
+    collector_workers: int = 2
+    """worker processes of the "async" / "distributed" collector (each steps num_envs environments)"""
+    distributed_port: int = 29517
+    """TCP port of the "distributed" collector's process group (TorchRL DistributedCollector, launcher="mp")"""
     # --- run
     seed: int = 0
     """seeds python, numpy, torch and the envs"""
@@ -162,6 +175,7 @@ class RunConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "episodes", "test_every", "test_episodes", "checkpoint_every", "device", "logdir", "video_every",
         "progress", "compile", "nan_policy", "num_threads", "buffer_device",
+        "num_envs", "env_backend", "collector", "collector_workers", "distributed_port",
     )
 
     def to_dict(self) -> dict[str, Any]:

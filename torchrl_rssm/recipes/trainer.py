@@ -34,8 +34,10 @@ checkpoint so it always matches it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import math
 import random
 import sys
 import time
@@ -46,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensordict import TensorDictBase
-from torchrl.collectors import Collector
-from torchrl.envs import SerialEnv
+from torchrl.collectors import Collector, MultiAsyncCollector
+from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from tqdm import tqdm
 
@@ -60,16 +62,74 @@ from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find
 from .config import AGENTS, RunConfig
 from .tensorboard import RSSMTensorboardLogger
 
-__all__ = ["CHECKPOINT_DIR", "ConfigMismatchError", "EpisodeTooShortError", "Every", "MAX_BUFFER_STEPS", "Trainer",
-           "agent_class", "find_checkpoint", "load_trainer", "resolve_device"]
+__all__ = ["CHECKPOINT_DIR", "COLLECTORS", "CollectorFailedError", "ConfigMismatchError", "ENV_BACKENDS",
+           "EpisodeTooShortError", "Every", "MAX_BUFFER_STEPS", "Trainer", "agent_class", "build_env",
+           "check_layout", "find_checkpoint", "load_trainer", "resolve_device"]
 
 #: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
 MAX_BUFFER_STEPS = 1_000_000
-_CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo")
+_CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo", "schedule")
+#: collection layouts (``RunConfig.collector``) and batched-env backends (``RunConfig.env_backend``)
+COLLECTORS = ("sync", "async", "distributed")
+ENV_BACKENDS = ("serial", "parallel")
 
 
 class EpisodeTooShortError(ValueError):
     """The task's episodes are shorter than ``chunk_length``: no chunk can be sampled."""
+
+
+class CollectorFailedError(RuntimeError):
+    """The collector (e.g. a worker process) failed; the run's checkpoint holds everything stored."""
+
+
+def check_layout(cfg: RunConfig) -> None:
+    """Clear errors for a bad collection layout (``num_envs``, ``env_backend``, ``collector``, ratios).
+
+    Examples:
+        >>> from torchrl_rssm.recipes import preset
+        >>> cfg = preset("tiny"); cfg.num_envs = 0
+        >>> check_layout(cfg)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_envs=0: expected an integer >= 1 (environments stepped together).
+    """
+    if not isinstance(cfg.num_envs, int) or isinstance(cfg.num_envs, bool) or cfg.num_envs < 1:
+        raise ValueError(f"num_envs={cfg.num_envs!r}: expected an integer >= 1 (environments stepped together).")
+    if cfg.env_backend not in ENV_BACKENDS:
+        raise ValueError(f"env_backend={cfg.env_backend!r}: expected one of {list(ENV_BACKENDS)}.")
+    if cfg.collector not in COLLECTORS:
+        raise ValueError(f"collector={cfg.collector!r}: expected one of {list(COLLECTORS)}.")
+    if cfg.collector != "sync" and (not isinstance(cfg.collector_workers, int) or cfg.collector_workers < 1):
+        raise ValueError(f"collector_workers={cfg.collector_workers!r}: expected an integer >= 1 worker processes.")
+    if cfg.train_ratio is not None and not (isinstance(cfg.train_ratio, (int, float)) and cfg.train_ratio >= 0
+                                            and math.isfinite(cfg.train_ratio)):
+        raise ValueError(f"train_ratio={cfg.train_ratio!r}: expected a finite number >= 0 "
+                         "(model updates per collected agent step) or None.")
+    if cfg.updates_per_episode < 0:
+        raise ValueError(f"updates_per_episode={cfg.updates_per_episode!r}: expected an integer >= 0.")
+
+
+def build_env(cfg: RunConfig, seed: int | None = None, primer=None, from_pixels: bool | None = None,
+              pixels_only: bool = True):
+    """One environment of the run (``make_env`` with the run's settings), with a copy of ``primer``.
+
+    A module-level function, so that ``functools.partial(build_env, cfg, primer=...)`` can be sent to
+    TorchRL's ``ParallelEnv`` and multi-process collectors; every call appends its own copy of the
+    primer (a transform has one parent).
+    """
+    return make_env(cfg.env, from_pixels=cfg.from_pixels if from_pixels is None else from_pixels,
+                    action_repeat=cfg.action_repeat, bit_depth=cfg.bit_depth,
+                    max_episode_steps=cfg.max_episode_steps, seed=seed,
+                    primers=None if primer is None else primer.clone(),
+                    pixels_only=pixels_only, image_size=cfg.image_size, grayscale=cfg.grayscale,
+                    env_kwargs=cfg.env_kwargs)
+
+
+def _batched_env(num_envs: int, backend: str, make: Callable):
+    """``num_envs`` copies of ``make()`` as one TorchRL batched env (or ``make()`` itself for one)."""
+    if num_envs == 1:
+        return make()
+    return (SerialEnv if backend == "serial" else ParallelEnv)(num_envs, make)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -120,6 +180,15 @@ class Every:
     def __call__(self, count: int) -> bool:
         return self.every > 0 and count > 0 and count % self.every == 0
 
+    def crossed(self, before: int, count: int) -> bool:
+        """True when a multiple of ``every`` lies in ``(before, count]`` (counts that jump by N).
+
+        Examples:
+            >>> Every(3).crossed(2, 6), Every(3).crossed(3, 5), Every(3).crossed(5, 6)
+            (True, False, True)
+        """
+        return self.every > 0 and count > 0 and count // self.every > before // self.every
+
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -152,6 +221,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.nan_policy not in ("skip", "raise"):
             raise ValueError(f"nan_policy={cfg.nan_policy!r}: expected 'skip' or 'raise'.")
+        check_layout(cfg)
         factory = agent if agent is not None else agent_class(cfg.algo)
         self.device = resolve_device(cfg.device)
         self.buffer_device = resolve_device(cfg.buffer_device)
@@ -181,9 +251,16 @@ class Trainer:
                 f"chunk fits. Set chunk_length <= {self.episode_steps} (--set chunk_length=N) or a longer episode."
             )
         self.agent = factory(cfg, self.env, self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:  # torchrun: DDP over the agent's updates
+            from .distributed import wrap_ddp
+
+            wrap_ddp(self.agent, self.device)
         self.env.append_transform(self.agent.make_tensordict_primer())
         self.buffer = self._make_buffer()
         self.counters = dict(episodes=0, env_steps=0, updates=0, skipped_updates=0, dropped_episodes=0)
+        #: train_ratio's books: agent steps credited and updates owed for them (see update_schedule)
+        self.schedule = dict(ratio_steps=0, ratio_updates=0)
         self.logger = RSSMTensorboardLogger(exp_name="", log_dir=str(self.logdir))
         self.last_test_return = float("nan")
         self._buffer_reported = False
@@ -256,57 +333,148 @@ class Trainer:
         (self.logdir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
 
     # ------------------------------------------------------------- the loop
-    def train(self) -> dict:
-        """Runs until ``seed_episodes + episodes`` episodes have been collected."""
+    def env_maker(self, from_pixels: bool | None = None, pixels_only: bool = True) -> Callable:
+        """A picklable factory of one training environment with the agent's primer (for workers)."""
+        return functools.partial(build_env, self.cfg, primer=self.agent.make_tensordict_primer(),
+                                 from_pixels=from_pixels, pixels_only=pixels_only)
+
+    def make_collection_env(self):
+        """The environments one collector steps: the training env (``num_envs=1``), or a batch of
+        ``num_envs`` (``SerialEnv``, or ``ParallelEnv`` with ``env_backend="parallel"``)."""
+        if self.cfg.num_envs == 1:
+            return self.env
+        return _batched_env(self.cfg.num_envs, self.cfg.env_backend, self.env_maker())
+
+    def make_collector(self, seed_rounds: int):
+        """The TorchRL collector of this run's layout (``cfg.collector``).
+
+        ``"sync"``: a :class:`~torchrl.collectors.Collector` in this process over
+        :meth:`make_collection_env`; each batch is ``[num_envs, T]`` (``[T]`` for one env), one
+        episode of ``T = max_episode_steps`` agent steps per environment. ``"async"``: a
+        :class:`~torchrl.collectors.MultiAsyncCollector` of ``collector_workers`` processes, each
+        stepping its own ``num_envs`` environments; it yields one worker's batch at a time.
+        ``seed_rounds`` collection rounds use random actions (split over the workers).
+        """
         cfg = self.cfg
-        total = cfg.seed_episodes + cfg.episodes
-        test_clock, video_clock, checkpoint_clock = Every(cfg.test_every), Every(cfg.video_every), \
-            Every(cfg.checkpoint_every)
-        seed_frames = max(0, cfg.seed_episodes - self.counters["episodes"]) * self.episode_steps
+        batch = cfg.num_envs * self.episode_steps
+        kw = dict(frames_per_batch=batch, total_frames=-1, policy_device=self.device, env_device="cpu",
+                  storing_device=self.buffer_device, exploration_type=ExplorationType.RANDOM)
         # TorchRL probes the policy once on a reset tensordict while building the collector:
         # run that probe noise-free (see the module docstring).
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            collector = Collector(
-                self.env, self.policy, frames_per_batch=self.episode_steps, total_frames=-1,
-                init_random_frames=seed_frames, policy_device=self.device, env_device="cpu",
-                storing_device=self.buffer_device, exploration_type=ExplorationType.RANDOM,
-            )
-        self.env.set_seed(cfg.seed + self.counters["episodes"])
+            if cfg.collector == "sync":
+                env = self.make_collection_env()
+                collector = Collector(env, self.policy, init_random_frames=seed_rounds * batch, **kw)
+                env.set_seed(cfg.seed + self.counters["episodes"])
+                return collector
+            workers = cfg.collector_workers
+            make = functools.partial(_batched_env, cfg.num_envs, cfg.env_backend, self.env_maker())
+            if cfg.collector == "distributed":
+                from torchrl.collectors.distributed import DistributedCollector
+
+                # torch.distributed workers started here (launcher="mp"); on a cluster use
+                # launcher="submitit" (SLURM): see docs. frames_per_batch is the total of all workers.
+                return DistributedCollector(
+                    [make] * workers, self.policy, frames_per_batch=workers * batch, total_frames=2**62,
+                    init_random_frames=math.ceil(seed_rounds / workers) * batch * workers, launcher="mp", sync=False,
+                    backend="gloo", tcp_port=cfg.distributed_port, policy_device=self.device, env_device="cpu",
+                    storing_device=self.buffer_device, exploration_type=ExplorationType.RANDOM)
+            collector = MultiAsyncCollector([make] * workers, self.policy,
+                                            init_random_frames=math.ceil(seed_rounds / workers) * batch, **kw)
+            collector.set_seed(cfg.seed + self.counters["episodes"])
+            return collector
+
+    def updates_due(self, steps: int) -> int:
+        """Model updates to run before the agent collects ``steps`` more agent steps.
+
+        ``train_ratio=None``: ``updates_per_episode`` per episode to collect (``steps`` /
+        ``max_episode_steps`` episodes), PlaNet's schedule. Otherwise ``train_ratio`` updates
+        per agent step (one stored transition, i.e. ``action_repeat`` simulator steps): the
+        fractional remainder is carried, so over a run ``updates = train_ratio x agent steps``
+        to within one update, whatever ``num_envs``, ``collector`` or ``collector_workers``.
+        """
+        cfg = self.cfg
+        if cfg.train_ratio is None:
+            return cfg.updates_per_episode * (steps // self.episode_steps)
+        self.schedule["ratio_steps"] += int(steps)
+        owed = math.floor(cfg.train_ratio * self.schedule["ratio_steps"] + 1e-9) - self.schedule["ratio_updates"]
+        self.schedule["ratio_updates"] += max(owed, 0)
+        return max(owed, 0)
+
+    def train(self) -> dict:
+        """Runs until ``seed_episodes + episodes`` episodes have been collected.
+
+        Each collection round brings ``num_envs`` episodes (one per environment; with the
+        ``"async"`` collector, one worker's ``num_envs``); the updates that precede a round
+        are :meth:`updates_due` for its steps, and with the ``"async"`` collector the new
+        weights are then pushed to the workers (``update_policy_weights_``).
+        """
+        cfg = self.cfg
+        check_layout(cfg)
+        total = cfg.seed_episodes + cfg.episodes
+        per_round = cfg.num_envs
+        test_clock, video_clock, checkpoint_clock = Every(cfg.test_every), Every(cfg.video_every), \
+            Every(cfg.checkpoint_every)
+        seed_rounds = math.ceil(max(0, cfg.seed_episodes - self.counters["episodes"]) / per_round)
+        collector = self.make_collector(seed_rounds)
         bar = tqdm(total=total, initial=self.counters["episodes"], disable=not cfg.progress,
                    desc=self.agent.name, unit="episode", dynamic_ncols=True, file=sys.stderr)
+        failed = None
         try:
-            for episode in collector:
-                if self.counters["episodes"] >= total:
-                    break
+            iterator = iter(collector)
+            while self.counters["episodes"] < total:
+                try:
+                    episode = next(iterator)
+                except Exception as err:  # a worker or an environment failed inside TorchRL's collector
+                    failed = err
+                    raise
                 train_return = self._store_episode(episode)
-                self.counters["episodes"] += 1
+                before = self.counters["episodes"]
+                per_round = max(1, episode.numel() // self.episode_steps)  # one episode per env in the batch
+                self.counters["episodes"] += per_round
                 episodes = self.counters["episodes"]
                 metrics = {}
                 if cfg.seed_episodes <= episodes < total:
                     self._check_episode_lengths()
-                    metrics = self.update_model(cfg.updates_per_episode)
-                tested = cfg.test_every > 0 and (test_clock(episodes) or episodes == total)
+                    metrics = self.update_model(self.updates_due(per_round * self.episode_steps))
+                    if cfg.collector != "sync":
+                        # TorchRL's weight push waits for every worker's acknowledgement: a dead
+                        # worker would block it forever, so check the collector's processes first
+                        dead = [(i, p.exitcode) for i, p in enumerate(getattr(collector, "procs", ()))
+                                if not p.is_alive()]
+                        if dead:
+                            failed = RuntimeError(f"collector worker(s) died (index, exit code): {dead}")
+                            raise failed
+                        collector.update_policy_weights_()
+                tested = cfg.test_every > 0 and (test_clock.crossed(before, episodes) or episodes >= total)
                 if tested:
                     self.last_test_return = self.test(cfg.test_episodes)
-                if video_clock(episodes) and self._can_sample():
+                if video_clock.crossed(before, episodes) and self._can_sample():
                     self.log_predictions()
-                checkpointed = checkpoint_clock(episodes)
+                checkpointed = checkpoint_clock.crossed(before, episodes)
                 if checkpointed:
                     self.save_checkpoint()
-                bar.update(1)
+                bar.update(episodes - before)
                 loss = metrics.get("loss", float("nan"))
                 bar.set_postfix(ret=f"{train_return:.1f}", test=f"{self.last_test_return:.1f}", loss=f"{loss:.2f}")
-                if not cfg.progress and (tested or checkpointed or episodes == total):
+                if not cfg.progress and (tested or checkpointed or episodes >= total):
                     _say(f"episode {episodes}/{total}  env_steps {self.counters['env_steps']}  "
                          f"train_return {train_return:.1f}  test_return {self.last_test_return:.1f}  "
                          f"updates {self.counters['updates']}" + (f"  loss {loss:.3f}" if metrics else ""))
-                if episodes >= total:
-                    break
         finally:
-            collector.shutdown()
+            try:
+                collector.shutdown()
+            except Exception:  # noqa: BLE001 -- a dead worker must not hide the checkpoint below
+                pass
             bar.close()
             self.save_checkpoint()
             self.logger.experiment.flush()
+            if failed is not None:
+                raise CollectorFailedError(
+                    f"collector={cfg.collector!r} failed after {self.counters['episodes']} episodes "
+                    f"({type(failed).__name__}: {failed}). Everything stored so far ({len(self.buffer):,} steps) "
+                    f"is in the checkpoint {self.checkpoint_dir}: continue with resume=True (--resume)."
+                ) from failed
         return dict(self.counters, test_return=self.last_test_return)
 
     def _store_episode(self, episode: TensorDictBase) -> float:
@@ -318,15 +486,17 @@ class Trainer:
                                  "(nan_policy='raise').")
             warnings.warn(f"Episode {self.counters['episodes']} holds NaN/inf values: not stored "
                           "(counted in dropped_episodes).", RuntimeWarning, stacklevel=2)
-            self.counters["dropped_episodes"] += 1
+            self.counters["dropped_episodes"] += max(1, episode.numel() // self.episode_steps)
             return float("nan")
-        self.buffer.extend(episode.reshape(-1))
+        # [T] (one env) or [N, T] (a batch of envs): the buffer labels each env's row apart, so no
+        # stored episode (and no sampled chunk) mixes two environments' steps
+        self.buffer.extend(episode.reshape(-1) if episode.ndim <= 1 else episode)
         if not self._buffer_reported:
             self._buffer_reported = True
             _say(f"replay buffer: {self.buffer.describe()}")
         steps = episode.numel()
         self.counters["env_steps"] += steps * self.action_repeat
-        ret = float(episode["next", "reward"].sum())
+        ret = float(episode["next", "reward"].sum()) / max(1, episode.numel() // self.episode_steps)
         self.logger.log_scalar("train/episode_return", ret, step=self.counters["env_steps"])
         self.logger.log_scalar("train/episodes", self.counters["episodes"] + 1, step=self.counters["env_steps"])
         return ret
@@ -420,7 +590,7 @@ class Trainer:
             **agent_state, "agent_keys": sorted(agent_state), "algo": self.cfg.algo,
             "config": self.cfg.to_dict(), "counters": dict(self.counters),
             "rng": get_rng_state(),
-            "last_test_return": self.last_test_return,
+            "last_test_return": self.last_test_return, "schedule": dict(self.schedule),
         }
 
     def save_checkpoint(self) -> Path:
@@ -435,6 +605,7 @@ class Trainer:
         self.agent.load_state_dict({k: state[k] for k in keys})
         self.counters.update(state["counters"])
         self.last_test_return = state.get("last_test_return", float("nan"))
+        self.schedule.update(state.get("schedule", {}))
         set_rng_state(state["rng"])
         self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
         if len(self.buffer):  # else at the first write, when the row layout is known

@@ -1,0 +1,166 @@
+"""Training on several GPUs or machines: DDP over the agent's updates, launched with ``torchrun``.
+
+One process per GPU (or per CPU process with the ``gloo`` backend). Every process (rank) runs the
+whole trainer: it collects from its own environments (seeded ``seed + 1000 * rank``), fills its own
+replay buffer and samples its own batches; the agent's loss modules are wrapped in
+:class:`torch.nn.parallel.DistributedDataParallel`, so one update all-reduces (averages) the
+gradients of every rank's batch before each optimiser step, and all ranks keep the same weights
+(DDP broadcasts rank 0's at wrapping). With ``B`` chunks per rank and ``W`` ranks an update sees
+``W x B`` chunks: the effective batch grows with the ranks (lower ``batch_size`` to keep it).
+
+What is wrapped: every attribute named in the agent's ``ddp_modules`` (default ``("loss_module",)``:
+PlaNet's :class:`~torchrl_rssm.objectives.RSSMLoss`; a Dreamer agent lists its world-model,
+actor and value losses). DDP hooks the gradients of a module's parameters when its ``forward``
+runs through the wrapper, so wrapping the loss (whose forward runs the world model) is enough;
+the agent's optimisers and gradient clipping are unchanged (clipping sees the averaged gradients,
+the same on every rank).
+
+Launch (``python -m torchrl_rssm.recipes.distributed`` takes the same arguments as
+``torchrl-rssm train``)::
+
+    # one machine, 4 GPUs
+    torchrun --standalone --nproc-per-node 4 -m torchrl_rssm.recipes.distributed --preset cartpole-swingup --device cuda
+    # two machines, 8 GPUs each (run on both; MASTER is the first machine's address)
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint MASTER:29500 \
+        -m torchrl_rssm.recipes.distributed --preset cartpole-swingup --device cuda
+
+Rank 0 writes ``logdir``; rank ``r > 0`` writes ``logdir/rank<r>`` (its own checkpoint and buffer).
+Every rank must run the same configuration (apart from ``device`` and ``logdir``):
+:func:`check_same_config` compares them at start and names the fields that differ.
+The schedule is the same on every rank, so every rank runs the same number of updates; an update
+skipped by ``nan_policy="skip"`` on one rank only would leave the others waiting in the
+all-reduce, so runs with ``WORLD_SIZE > 1`` use ``nan_policy="raise"``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import RunConfig
+
+__all__ = ["ConfigMismatchAcrossRanksError", "PER_RANK_FIELDS", "check_same_config", "config_hash", "init_distributed",
+           "rank_config", "wrap_ddp", "main"]
+
+#: fields that legitimately differ between ranks (each rank's GPU and log folder)
+PER_RANK_FIELDS = ("device", "logdir")
+
+
+class ConfigMismatchAcrossRanksError(ValueError):
+    """The ranks of a DDP launch were given different configurations."""
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """A hash of the configuration without :data:`PER_RANK_FIELDS`.
+
+    Examples:
+        >>> from torchrl_rssm.recipes import preset
+        >>> a, b = preset("tiny"), preset("tiny")
+        >>> b.device = "cuda:1"
+        >>> config_hash(a) == config_hash(b)
+        True
+    """
+    data = {k: v for k, v in cfg.to_dict().items() if k not in PER_RANK_FIELDS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_same_config(cfg: RunConfig) -> None:
+    """Gathers every rank's configuration and raises on all ranks if they differ (fields named)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in PER_RANK_FIELDS}
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, {"hash": config_hash(cfg), "config": mine})
+    if len({e["hash"] for e in everyone}) == 1:
+        return
+    ref = everyone[0]["config"]
+    diffs = {}
+    for rank, other in enumerate(everyone[1:], 1):
+        for key in sorted(set(ref) | set(other["config"])):
+            if ref.get(key) != other["config"].get(key):
+                diffs.setdefault(key, {0: ref.get(key)})[rank] = other["config"].get(key)
+    raise ConfigMismatchAcrossRanksError(
+        f"the {len(everyone)} ranks of this DDP launch run different configurations; fields that differ "
+        f"(rank: value): {diffs}. Give every rank the same settings (only {list(PER_RANK_FIELDS)} may differ).")
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
+    """Joins the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...).
+
+    ``backend``: ``nccl`` when CUDA is available, else ``gloo``. Returns ``(rank, world_size,
+    local_rank)``; ``(0, 1, 0)`` without ``torchrun`` (no process group is created).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_config(cfg: RunConfig, rank: int, local_rank: int = 0) -> RunConfig:
+    """This rank's copy: ``cuda`` becomes ``cuda:<local_rank>``, its own seed and log folder.
+
+    Examples:
+        >>> from torchrl_rssm.recipes import preset
+        >>> cfg = rank_config(preset("tiny"), rank=1)
+        >>> cfg.seed, cfg.logdir, cfg.nan_policy
+        (1000, 'runs/planet-tiny/rank1', 'raise')
+    """
+    out = copy.deepcopy(cfg)
+    if out.device == "cuda":
+        out.device = f"cuda:{local_rank}"
+    out.seed = cfg.seed + 1000 * rank
+    if rank > 0:
+        out.logdir = str(Path(cfg.logdir) / f"rank{rank}")
+    out.nan_policy = "raise"
+    return out
+
+
+def wrap_ddp(agent, device: torch.device | None = None) -> list[str]:
+    """Wraps the agent's ``ddp_modules`` (default ``("loss_module",)``) in DDP; returns their names."""
+    names = list(getattr(agent, "ddp_modules", ("loss_module",)))
+    ids = [device] if device is not None and torch.device(device).type == "cuda" else None
+    for name in names:
+        module = getattr(agent, name, None)
+        if module is None:
+            raise AttributeError(f"{type(agent).__name__}.ddp_modules names {name!r}, which the agent lacks.")
+        if not isinstance(module, DistributedDataParallel):
+            setattr(agent, name, DistributedDataParallel(module, device_ids=ids))
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun ... -m torchrl_rssm.recipes.distributed <torchrl-rssm train arguments>``."""
+    from ..cli import _json_line, _parser, setup_logging, train_config
+    from .trainer import Trainer
+
+    setup_logging()
+    args = _parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    cfg, resume = train_config(args)
+    rank, world, local_rank = init_distributed()
+    try:
+        check_same_config(cfg)
+        cfg = rank_config(cfg, rank, local_rank) if world > 1 else cfg
+        if cfg.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(cfg.device))
+        result = Trainer(cfg, resume=resume).train()
+        if rank == 0:
+            print(_json_line(dict(result, world_size=world)), flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
