@@ -13,22 +13,29 @@ from torchrl_rssm.envs import make_env
 from torchrl_rssm.recipes import preset
 from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, check_same_config, config_hash,
                                               rank_config, wrap_ddp)
-from torchrl_rssm.recipes.planet import PlaNetAgent
+from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length
 
 
-def _cfg():
-    cfg = preset("tiny")
+def _cfg(name: str = "tiny"):
+    cfg = preset(name)
     cfg.from_pixels = False
     return cfg
+
+
+def _params(agent) -> dict[str, torch.Tensor]:
+    """Every trained parameter: the world model's (PlaNet), plus the actor's and value's (Dreamer)."""
+    nets = {"world_model": agent.world_model}
+    nets.update({name: getattr(agent, name) for name in ("actor", "value") if hasattr(agent, name)})
+    return {f"{n}.{k}": v.detach().clone() for n, net in nets.items() for k, v in net.state_dict().items()}
 
 
 def _agent_and_batch(cfg):
     """The same initial agent and the same [2B, L] batch in every process (fixed seeds)."""
     torch.manual_seed(0)
     env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat, max_episode_steps=20, seed=0)
-    agent = PlaNetAgent(cfg, env, torch.device("cpu"))
+    agent = agent_class(cfg.algo)(cfg, env, torch.device("cpu"))
     env.append_transform(agent.make_tensordict_primer())
     rollouts = [env.rollout(L, break_when_any_done=False) for _ in range(2 * B)]
     batch = torch.stack(rollouts).exclude("state", "belief", ("next", "state"), ("next", "belief"))
@@ -43,7 +50,7 @@ def _mean_latents() -> None:
     torch.randn_like = lambda x, **kw: torch.zeros_like(x, **kw)
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -58,39 +65,42 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             result = str(err)
         torch.save(result, Path(out_dir) / f"mismatch{rank}.pt")
         # 2. one DDP update on this rank's half of the batch
-        cfg = _cfg()
+        cfg = _cfg(preset_name)
         check_same_config(cfg)
         agent, batch = _agent_and_batch(cfg)
         wrap_ddp(agent)
         _mean_latents()
         agent.update(batch[rank * B:(rank + 1) * B])
-        torch.save({k: v.detach().clone() for k, v in agent.world_model.state_dict().items()},
-                   Path(out_dir) / f"params{rank}.pt")
+        torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("preset_name", ["tiny", "dreamer-tiny"])
+def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path, preset_name):
+    """PlaNet: DDP around RSSMLoss; Dreamer: one gradient all-reduce per network (model, actor, value)."""
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), preset_name), nprocs=2, join=True)
     for rank in range(2):
         message = torch.load(tmp_path / f"mismatch{rank}.pt")
         assert "different configurations" in message and "'lr'" in message and "0.5" in message
     ranks = [torch.load(tmp_path / f"params{r}.pt") for r in range(2)]
-    agent, batch = _agent_and_batch(_cfg())
+    agent, batch = _agent_and_batch(_cfg(preset_name))
     randn, randn_like = torch.randn, torch.randn_like
     _mean_latents()
-    before = {k: v.detach().clone() for k, v in agent.world_model.state_dict().items()}
+    before = _params(agent)
     try:
         agent.update(batch)  # one process, both ranks' chunks together
     finally:
         torch.randn, torch.randn_like = randn, randn_like
-    after = agent.world_model.state_dict()
-    changed = 0
+    after = _params(agent)
+    changed = set()
     for key, value in after.items():
         for r in range(2):
             torch.testing.assert_close(ranks[r][key], value, atol=1e-5, rtol=1e-5, msg=f"rank {r} {key}")
-        changed += int(not torch.equal(value, before[key]))
-    assert changed > 5  # the update really moved the parameters
+        if not torch.equal(value, before[key]):
+            changed.add(key)
+    assert len(changed) > 5  # the update really moved the parameters, of every network trained
+    assert {k.split(".")[0] for k in changed} == {k.split(".")[0] for k in after}
 
 
 def test_config_hash_ignores_per_rank_fields_and_rank_config_seeds_apart():

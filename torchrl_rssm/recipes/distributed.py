@@ -126,6 +126,25 @@ def rank_config(cfg: RunConfig, rank: int, local_rank: int = 0) -> RunConfig:
     return out
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """All-reduces (averages) the gradients of ``params`` over the process group, in one flat call.
+
+    For agents whose losses call their networks' methods rather than ``forward`` (Dreamer's
+    model loss returns the posteriors through ``compute``; its actor loss steps
+    ``rollout.imagine`` and the heads), where DDP's forward hooks cannot see the parameters.
+    A parameter without a gradient counts as zeros, so every rank steps the same parameters.
+    No-op outside a process group of more than one rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p).clone()
+
+
 def wrap_ddp(agent, device: torch.device | None = None) -> list[str]:
     """Wraps the agent's ``ddp_modules`` (default ``("loss_module",)``) in DDP; returns their names."""
     names = list(getattr(agent, "ddp_modules", ("loss_module",)))

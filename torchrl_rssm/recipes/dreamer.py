@@ -28,6 +28,7 @@ from ..objectives import DreamerActorLoss, DreamerValueLoss, RSSMLoss
 from ..policies import DreamerPolicy
 from .agent import Agent
 from .config import RunConfig
+from .distributed import average_gradients
 
 __all__ = ["DreamerAgent"]
 
@@ -60,6 +61,11 @@ class DreamerAgent(Agent):
     """
 
     name = "Dreamer"
+    #: Under torchrun, gradients are averaged across ranks in :meth:`update` with one all-reduce per
+    #: network (:func:`~torchrl_rssm.recipes.distributed.average_gradients`): the losses call the
+    #: networks' methods (``RSSMLoss.compute``, ``rollout.imagine``, the heads), which DDP's forward
+    #: hooks do not see, so no module is wrapped in DDP.
+    ddp_modules: tuple[str, ...] = ()
 
     def __init__(self, cfg: RunConfig, env, device: torch.device):
         self.cfg = cfg
@@ -104,6 +110,7 @@ class DreamerAgent(Agent):
         for name, total in totals.items():  # three separate graphs (the actor loss holds the model out)
             total.backward()
         for name, optimizer in self.optimizers.items():
+            average_gradients(self._params[name])  # torchrun: the mean over ranks (no-op otherwise)
             out[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(self._params[name], self.cfg.grad_clip)
             optimizer.step()
         out.update({k: v.detach() for k, v in model_losses.items()})
