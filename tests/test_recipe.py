@@ -305,3 +305,27 @@ def test_trainer_core_runs_any_agent_on_the_protocol(tmp_path):
     with pytest.warns(RuntimeWarning, match="Update skipped: non-finite observation"):
         resumed.update_model(2)
     assert resumed.counters["skipped_updates"] == 2
+
+
+def test_returns_count_one_episode_on_tasks_that_end_early(tmp_path):
+    """CartPole ends episodes early: a collected batch holds several, a test rollout runs past done."""
+    from torchrl_rssm.recipes.trainer import finished_episode_returns, first_episode_returns
+
+    cfg = tiny(tmp_path, env="gym:CartPole-v1", action_repeat=1, max_episode_steps=60, seed_episodes=2,
+               episodes=0, test_every=0, video_every=0, chunk_length=4)
+    trainer = PlaNetTrainer(cfg)
+    trainer.train()
+    acc, tags = _tags(cfg.logdir)
+    train_returns = [e.value for e in acc.Scalars("train/episode_return")]
+    # CartPole pays 1 per step: an episode's return is its length, at most the 60-step limit
+    # (summing the whole batch of auto-reset episodes gave 60, the batch length, every time)
+    assert all(1 <= r < 60 for r in train_returns), train_returns
+    rollout = trainer.rollout_test(3)
+    done = rollout["next", "done"].squeeze(-1)
+    assert done.any(-1).all()  # every env ended an episode and started another within the rollout
+    first_done = done.float().argmax(-1)
+    torch.testing.assert_close(first_episode_returns(rollout), (first_done + 1).float())
+    assert (first_episode_returns(rollout) < rollout["next", "reward"].sum((-2, -1))).all()
+    batch = rollout[0]
+    lengths = torch.diff(torch.cat([torch.tensor([-1]), torch.nonzero(done[0]).squeeze(-1)]))
+    torch.testing.assert_close(finished_episode_returns(batch), lengths.float())

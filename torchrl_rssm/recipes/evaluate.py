@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .trainer import Trainer
+from .trainer import Trainer, first_episode_returns
 
 __all__ = ["VIDEO_SUFFIXES", "evaluate", "write_gif", "write_video"]
 
@@ -26,7 +26,7 @@ def evaluate(trainer: Trainer, episodes: int = 5, video: str | Path | None = Non
         _check_video_path(video)
     want_pixels = video is not None and not trainer.cfg.from_pixels
     rollout = trainer.rollout_test(episodes, from_pixels=True if want_pixels else None, pixels_only=not want_pixels)
-    returns = rollout["next", "reward"].sum(-2).reshape(-1)
+    returns = first_episode_returns(rollout).reshape(-1)
     result = {"episodes": episodes, "mean_return": float(returns.mean()),
               "returns": [round(float(r), 2) for r in returns], "env_steps": trainer.counters["env_steps"]}
     if video is not None:

@@ -165,6 +165,38 @@ def agent_class(algo: str) -> type[Agent]:
     return getattr(module, name)
 
 
+def first_episode_returns(rollout: TensorDictBase) -> torch.Tensor:
+    """Return of each environment's first episode in a ``[T]`` or ``[E, T]`` rollout.
+
+    Test rollouts run ``max_episode_steps`` steps without stopping at ``done`` (a batch of
+    environments steps together), so an environment whose episode ends early has started
+    another: only rewards up to and including its first ``done`` count.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> r = torch.ones(2, 4, 1); done = torch.zeros(2, 4, 1, dtype=torch.bool); done[0, 1] = True
+        >>> first_episode_returns(TensorDict({("next", "reward"): r, ("next", "done"): done}, [2, 4]))
+        tensor([2., 4.])
+    """
+    reward = rollout.get(("next", "reward"))
+    done = rollout.get(("next", "done"), None)
+    if done is None:
+        return reward.sum(-2).squeeze(-1)
+    done = done.to(reward.dtype)
+    before_first_done = (done.cumsum(-2) - done) == 0  # steps up to and including the first done
+    return (reward * before_first_done).sum(-2).squeeze(-1)
+
+
+def finished_episode_returns(batch: TensorDictBase) -> torch.Tensor:
+    """Returns of the episodes that end in a collected batch (``RewardSum``'s ``episode_reward`` at
+    their ``done`` steps); the whole batch's reward per environment row if none ends in it."""
+    done = batch.get(("next", "done"), None)
+    episode_reward = batch.get(("next", "episode_reward"), None)
+    if done is None or episode_reward is None or not bool(done.any()):
+        return batch.get(("next", "reward")).sum(-2).reshape(-1)
+    return episode_reward[done.expand_as(episode_reward)]
+
+
 class Every:
     """A clock: true when ``count`` is a positive multiple of ``every`` (``every=0``: never).
 
@@ -496,7 +528,8 @@ class Trainer:
             _say(f"replay buffer: {self.buffer.describe()}")
         steps = episode.numel()
         self.counters["env_steps"] += steps * self.action_repeat
-        ret = float(episode["next", "reward"].sum()) / max(1, episode.numel() // self.episode_steps)
+        # mean return of the episodes that ended in this batch (tasks that terminate early end several)
+        ret = float(finished_episode_returns(episode).mean())
         self.logger.log_scalar("train/episode_return", ret, step=self.counters["env_steps"])
         self.logger.log_scalar("train/episodes", self.counters["episodes"] + 1, step=self.counters["env_steps"])
         return ret
@@ -569,7 +602,7 @@ class Trainer:
         start = time.perf_counter()
         rollout = self.rollout_test(num_envs)
         elapsed = time.perf_counter() - start
-        mean_return = float(rollout["next", "reward"].sum(-2).mean())
+        mean_return = float(first_episode_returns(rollout).mean())
         step = self.counters["env_steps"]
         self.logger.log_scalar("test/return", mean_return, step=step)
         self.logger.log_scalar("perf/env_steps_per_s",
