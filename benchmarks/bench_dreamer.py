@@ -316,8 +316,9 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
     for key, what in (("ours_compiled", "fp32"), ("ours_compiled_bf16", "bf16 autocast")):
         if key in ms:
             rows.append(row(f"{label}, ours compiled {what} vs TorchRL fp32", ms[key], ms["torchrl"], dev, config,
-                            f"ours with compile={{'dynamic': False}} (inductor){', autocast_dtype=bf16' if 'bf16' in key else ''}"
-                            f"; first call (compilation) {compile_s[key]:.0f} s, not counted; process CPU ms: ours "
+                            "ours with compile={'dynamic': False} (inductor)"
+                            + (", autocast_dtype=bf16" if "bf16" in key else "")
+                            + f"; first call (compilation) {compile_s[key]:.0f} s, not counted; process CPU ms: ours "
                             f"{cpu[key]:.0f}, TorchRL {cpu['torchrl']:.0f}"))
     if "floor" in ms:
         rows.append(row(f"{label}, arithmetic only", ms["floor"], ms["torchrl"], dev, config,
