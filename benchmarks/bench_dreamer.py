@@ -20,13 +20,18 @@ Settings (N = 2500 start states, the paper's 50 x 50 batch; H = 15; 6-dim action
 ``--floor`` adds, per setting, the arithmetic alone: the same matmuls and activations
 (imagination, heads per time step, lambda-returns, both backward passes and optimiser
 steps) written as plain tensor code with no loss bookkeeping, a lower bound for any
-implementation with these kernels. ``--whole-step`` adds a whole Dreamer training step (the
+implementation with these kernels (in fp32). Unless ``--no-bf16``, two more rows per setting:
+ours with ``autocast_dtype=torch.bfloat16`` (mixed precision, as the official Dreamer code
+trains with fp16) against TorchRL in fp32 (its losses have no precision option), and
+against TorchRL's update run inside ``torch.autocast("cpu", torch.bfloat16)`` (apples to apples).
+``--compile`` adds ours with ``compile=`` (torch.compile, inductor), in fp32 and with bf16
+autocast, against TorchRL in fp32; the compilation (first call) is reported, not timed. ``--whole-step`` adds a whole Dreamer training step (the
 world-model loss forward and backward on a 50 x 50 batch of vector observations, then the
 behaviour update from its posterior states); TorchRL's column uses its ``DreamerModelLoss``
 on the same world model. Calls alternate (ours, TorchRL, ...) and the numbers are medians
 after warm-up.
 
-    python benchmarks/bench_dreamer.py [--quick] [--json PATH] [--threads N] [--floor] [--whole-step]
+    python benchmarks/bench_dreamer.py [--quick] [--json PATH] [--threads N] [--floor] [--no-bf16] [--compile] [--whole-step]
 """
 from __future__ import annotations
 
@@ -263,6 +268,28 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
     trl_update = updater(trl_actor_loss, TorchRLValueLoss(value), actor, value)
     td = TensorDict({"state": torch.randn(N, S, device=dev), "belief": torch.randn(N, D, device=dev)}, [N])
     fns = {"ours": lambda: ours_update(td), "torchrl": lambda: trl_update(td)}
+    if args.bf16:
+        bf16 = torch.bfloat16
+        ours_bf16 = updater(DreamerActorLoss(actor, value, wm, imagination_horizon=H, autocast_dtype=bf16),
+                            DreamerValueLoss(value, autocast_dtype=bf16), actor, value)
+        fns["ours_bf16"] = lambda: ours_bf16(td)
+
+        def torchrl_bf16() -> None:  # TorchRL's losses have no precision option: the caller's autocast
+            with torch.autocast(torch.device(dev).type, dtype=bf16):
+                trl_update(td)
+
+        fns["torchrl_bf16"] = torchrl_bf16
+    compile_s: dict[str, float] = {}
+    if args.compile:
+        opts = {"dynamic": False}
+        variants = {"ours_compiled": None, **({"ours_compiled_bf16": torch.bfloat16} if args.bf16 else {})}
+        for key, dtype in variants.items():
+            fn = updater(DreamerActorLoss(actor, value, wm, imagination_horizon=H, autocast_dtype=dtype, compile=opts),
+                         DreamerValueLoss(value, autocast_dtype=dtype, compile=opts), actor, value)
+            start = time.perf_counter()
+            fn(td)  # compiles (excluded from the medians; reported)
+            compile_s[key] = time.perf_counter() - start
+            fns[key] = (lambda f: lambda: f(td))(fn)
     if args.floor:
         floor = arithmetic_floor(wm, actor, value, H)
         fns["floor"] = lambda: floor(td)
@@ -276,6 +303,23 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
     label = f"dreamer update {name} ({N} starts x H={H})"
     cpu_note = f"; process CPU ms: ours {cpu['ours']:.0f}, TorchRL {cpu['torchrl']:.0f}"
     rows.append(row(label, ms["ours"], ms["torchrl"], dev, config, base + cpu_note))
+    if "ours_bf16" in ms:
+        rows.append(row(f"{label}, ours bf16 autocast vs TorchRL fp32", ms["ours_bf16"], ms["torchrl"], dev, config,
+                        "ours with autocast_dtype=torch.bfloat16 (matmuls in bf16 under torch.autocast; belief, "
+                        "returns, losses, parameters and Adam state fp32) against TorchRL's losses in plain fp32 "
+                        "(they have no precision option); process CPU ms: ours "
+                        f"{cpu['ours_bf16']:.0f}, TorchRL {cpu['torchrl']:.0f}"))
+        rows.append(row(f"{label}, both under bf16 autocast", ms["ours_bf16"], ms["torchrl_bf16"], dev, config,
+                        "apples to apples: ours with autocast_dtype=torch.bfloat16, TorchRL's update run inside "
+                        "torch.autocast(bfloat16) by the caller; process CPU ms: ours "
+                        f"{cpu['ours_bf16']:.0f}, TorchRL {cpu['torchrl_bf16']:.0f}"))
+    for key, what in (("ours_compiled", "fp32"), ("ours_compiled_bf16", "bf16 autocast")):
+        if key in ms:
+            rows.append(row(f"{label}, ours compiled {what} vs TorchRL fp32", ms[key], ms["torchrl"], dev, config,
+                            "ours with compile={'dynamic': False} (inductor)"
+                            + (", autocast_dtype=bf16" if "bf16" in key else "")
+                            + f"; first call (compilation) {compile_s[key]:.0f} s, not counted; process CPU ms: ours "
+                            f"{cpu[key]:.0f}, TorchRL {cpu['torchrl']:.0f}"))
     if "floor" in ms:
         rows.append(row(f"{label}, arithmetic only", ms["floor"], ms["torchrl"], dev, config,
                         "a lower bound, not a loss: the same matmuls/activations, returns, backward passes and "
@@ -287,6 +331,10 @@ def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--floor", action="store_true", help="add the arithmetic-only rows (a lower bound)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="drop the bfloat16-autocast rows (ours with autocast_dtype=bf16; TorchRL under autocast)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add rows with our losses compiled (torch.compile, inductor; compilation takes minutes)")
     parser.add_argument("--whole-step", action="store_true", help="add a whole training step row (model + behaviour)")
     args = parse_args(__doc__.splitlines()[0], parser)
     if args.threads is None and not str(args.device).startswith("cuda"):

@@ -257,6 +257,9 @@ def make_value_model(
 
 
 # ------------------------------------------------------------------ tensor-level sampling
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def tanh_normal_sampler(actor: nn.Module, state_key: NestedKey = "state", belief_key: NestedKey = "belief"
                         ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
     """A tensor function ``(state, belief, eps=None) -> action`` equal to ``actor``'s reparameterised sample.
@@ -265,7 +268,8 @@ def tanh_normal_sampler(actor: nn.Module, state_key: NestedKey = "state", belief
     order) to ``(loc, scale)`` and whose distribution is TorchRL's ``TanhNormal``; returns
     ``None`` otherwise (callers then run the actor on tensordicts). ``eps`` is the standard
     normal noise (drawn with ``torch.randn`` when ``None``, the same stream as
-    ``TanhNormal.rsample``).
+    ``TanhNormal.rsample``; in float32 when the network's output is bfloat16/float16, under
+    autocast, so that the action is float32).
     """
     if not isinstance(actor, ProbabilisticActor) or len(actor.module) != 2:
         return None
@@ -294,8 +298,8 @@ def tanh_normal_sampler(actor: nn.Module, state_key: NestedKey = "state", belief
         loc, scale = net(belief, state) if swapped else net(state, belief)
         if tanh_loc:
             loc = upscale * torch.tanh(loc / upscale)
-        if eps is None:
-            eps = torch.randn_like(loc)
+        if eps is None:  # float32 noise under autocast: the action (and its tanh) stays float32
+            eps = torch.randn_like(loc, dtype=torch.float32 if loc.dtype in _LOW_PRECISION else None)
         a = tanh(torch.addcmul(loc, eps, scale))
         if trivial:
             return a
