@@ -273,14 +273,15 @@ for _task in PAPER_ACTION_REPEAT:
 # Dreamer on this 2-core CPU: cartpole swing-up from state vectors, PlaNet quick's world model,
 # small actor and value with faster learning rates than the paper's (a short run: 60 episodes,
 # 48k env steps; acting costs one actor call per step, so the budget goes to 100 updates per episode).
+_PLANNER_FIELDS = ("planner", "planning_horizon", "optim_steps", "num_candidates", "top_k", "mppi_temperature")
 PRESETS["dreamer-quick"] = dict(
-    PRESETS["quick"], algo="dreamer", grad_clip=100.0, imagination_horizon=15, gamma=0.99, lmbda=0.95,
+    {k: v for k, v in PRESETS["quick"].items() if k not in _PLANNER_FIELDS}, algo="dreamer", grad_clip=100.0, imagination_horizon=15, gamma=0.99, lmbda=0.95,
     actor_lr=3e-4, value_lr=1e-3, actor_hidden_dim=64, value_hidden_dim=64,
     episodes=55, updates_per_episode=100, test_every=10, checkpoint_every=10, logdir="runs/dreamer-quick",
 )
 # A few seconds: the tests' Dreamer run.
 PRESETS["dreamer-tiny"] = dict(
-    PRESETS["tiny"], algo="dreamer", grad_clip=100.0, imagination_horizon=4, actor_lr=1e-3, value_lr=1e-3,
+    {k: v for k, v in PRESETS["tiny"].items() if k not in _PLANNER_FIELDS}, algo="dreamer", grad_clip=100.0, imagination_horizon=4, actor_lr=1e-3, value_lr=1e-3,
     actor_hidden_dim=16, value_hidden_dim=16, logdir="runs/dreamer-tiny",
 )
 

@@ -165,6 +165,10 @@ def agent_class(algo: str) -> type[Agent]:
     return getattr(module, name)
 
 
+def _number(x: float) -> str:
+    return "-" if x != x else f"{x:.1f}"  # NaN: not measured yet
+
+
 def first_episode_returns(rollout: TensorDictBase) -> torch.Tensor:
     """Return of each environment's first episode in a ``[T]`` or ``[E, T]`` rollout.
 
@@ -487,8 +491,9 @@ class Trainer:
                 if checkpointed:
                     self.save_checkpoint()
                 bar.update(episodes - before)
-                loss = metrics.get("loss", float("nan"))
-                bar.set_postfix(ret=f"{train_return:.1f}", test=f"{self.last_test_return:.1f}", loss=f"{loss:.2f}")
+                loss = metrics.get("loss")  # "-" until there are updates (seed episodes), not "nan"
+                bar.set_postfix(ret=f"{train_return:.1f}", test=_number(self.last_test_return),
+                                loss="-" if loss is None else f"{loss:.2f}")
                 if not cfg.progress and (tested or checkpointed or episodes >= total):
                     _say(f"episode {episodes}/{total}  env_steps {self.counters['env_steps']}  "
                          f"train_return {train_return:.1f}  test_return {self.last_test_return:.1f}  "
