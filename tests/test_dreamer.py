@@ -394,6 +394,22 @@ def test_missing_start_latents_and_recompute_from_observations():
     td = TensorDict({"action": torch.zeros(2, 3, A), ("next", "observation"): torch.randn(2, 3, 5)}, [2, 3])
     _, fake = loss(td)  # posterior recomputed without gradients
     assert fake.batch_size == (2, 3, 2)
+    # with root observations and is_init, the recomputed starts are the model loss's: episode starts
+    # filtered from their first observation (h_0 = f(0, 0, 0), s_0 ~ q(h_0, e(o_0))), not from zeros
+    from torchrl_rssm.objectives import RSSMLoss
+
+    td = TensorDict({"action": torch.randn(2, 3, A), "observation": torch.randn(2, 3, 5),
+                     ("next", "observation"): torch.randn(2, 3, 5), ("next", "reward"): torch.zeros(2, 3, 1),
+                     "is_init": torch.tensor([[True, False, False], [True, False, True]]).unsqueeze(-1)}, [2, 3])
+    torch.manual_seed(1)
+    starts = loss.start_states(td)
+    torch.manual_seed(1)
+    _, model_out = RSSMLoss(wm).compute(td)
+    torch.testing.assert_close(starts["belief"], model_out["next", "belief"].detach())
+    torch.testing.assert_close(starts["state"], model_out["next", "state"].detach())
+    torch.manual_seed(1)
+    zero_start = loss.start_states(td.exclude("observation"))  # no root observation: zeros at is_init
+    assert not torch.allclose(zero_start["belief"], starts["belief"])
 
 
 def test_nan_in_imagined_returns_raises_non_finite_error():

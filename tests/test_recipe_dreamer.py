@@ -91,6 +91,23 @@ def test_dreamer_update_moves_all_three_networks_and_nan_returns_are_skipped(tmp
         trainer.update_model(1)
 
 
+
+def test_dreamer_non_finite_gradients_skip_the_update_before_any_step(tmp_path):
+    trainer = Trainer(tiny(tmp_path, episodes=0, test_every=0, video_every=0))
+    trainer.train()
+    agent = trainer.agent
+    nets = {"model": agent.world_model, "actor": agent.actor, "value": agent.value}
+    # finite losses, NaN gradient in the actor only: nothing may step, the model and value included
+    hook = next(agent.actor.parameters()).register_hook(lambda grad: grad * float("nan"))
+    before = {n: [p.detach().clone() for p in net.parameters()] for n, net in nets.items()}
+    with pytest.warns(RuntimeWarning, match="non-finite gradients.*actor"):
+        trainer.update_model(1)
+    hook.remove()
+    assert trainer.counters["skipped_updates"] == 1
+    for name, params in before.items():
+        assert all(torch.equal(a, b) for a, b in zip(params, nets[name].parameters())), name
+
+
 def test_killed_dreamer_run_resumes_with_its_actor_value_and_optimisers(tmp_path):
     logdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torchrl_rssm.cli", "train", "--algo", "dreamer", "--preset", "dreamer-tiny",

@@ -36,7 +36,7 @@ from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import _GAMMA_LMBDA_DEPREC_ERROR, ValueEstimators, distance_loss
 
 from ..modules.actor import tanh_normal_sampler
-from .elbo import NonFiniteInputError
+from .elbo import NonFiniteInputError, encode_first_observations
 
 __all__ = ["DreamerActorLoss", "DreamerValueLoss", "lambda_return", "to_dreamer_env"]
 
@@ -464,8 +464,10 @@ class DreamerActorLoss(LossModule):
             if s_key in keys and b_key in keys:
                 return {"state": tensordict.get(s_key).detach(), "belief": tensordict.get(b_key).detach()}
         if self._world_model is not None and ("next", self._world_model.obs_key) in keys and "action" in keys:
-            with torch.no_grad():
-                out = self._world_model(tensordict.copy())
+            with torch.no_grad():  # episode starts filtered from their first observation, as in training
+                td = tensordict.copy()
+                encode_first_observations(self._world_model, td, observation_key=self._world_model.obs_key)
+                out = self._world_model(td)
             return {"state": out.get(("next", "state")).detach(), "belief": out.get(("next", "belief")).detach()}
         raise KeyError(
             f"DreamerActorLoss: the batch has no start latents: expected ('next', {k.state!r}) and "

@@ -145,6 +145,32 @@ def _next(key: NestedKey) -> NestedKey:
 
 
 # --------------------------------------------------------------------- the loss
+def encode_first_observations(world_model: nn.Module, td: TensorDictBase, observation_key: NestedKey = "pixels",
+                              is_init_key: NestedKey = "is_init") -> None:
+    """Writes the root observation's embedding at ``is_init`` rows (zeros elsewhere) where our
+    rollout reads it (``init_embedding``), so that sequences start from their first observation
+    filtered with a zero action, as acting does. A no-op for world models without our rollout,
+    batches without root observations or without ``is_init`` rows (those start from zeros).
+    """
+    try:
+        encoder, rollout = world_model[0][0], world_model[0][1]
+        enc_in, enc_out = unravel_key(encoder.in_keys[0]), unravel_key(encoder.out_keys[0])
+    except (AttributeError, IndexError, TypeError, KeyError):
+        return
+    if getattr(rollout, "init_embedding_key", None) is None:
+        return
+    is_init, obs = td.get(is_init_key, None), td.get(observation_key, None)
+    if is_init is None or obs is None or enc_out != unravel_key(rollout.embedding_key):
+        return
+    mask = is_init.reshape(td.batch_size).bool()
+    if not bool(mask.any()):
+        return
+    first = encoder(TensorDict({enc_in: obs[mask]}, batch_size=[int(mask.sum())])).get(enc_out)
+    embedding = first.new_zeros(*td.batch_size, first.shape[-1])
+    embedding[mask] = first
+    td.set(rollout.init_embedding_key, embedding)
+
+
 class NonFiniteInputError(ValueError):
     """A batch given to :class:`RSSMLoss` holds NaN or inf values (a ``ValueError``)."""
 
@@ -500,27 +526,8 @@ class RSSMLoss(LossModule):
         return result, td
 
     def _encode_first_observations(self, td: TensorDictBase) -> None:
-        """Writes the root observation's embedding at ``is_init`` rows (zeros elsewhere) where our
-        rollout reads it, so that sequences start from their first observation filtered."""
-        rollout = self._rollout
         k = self.tensor_keys
-        if rollout is None or rollout.init_embedding_key is None:
-            return
-        is_init, obs = td.get(k.is_init, None), td.get(k.observation, None)
-        try:
-            encoder = self.world_model[0][0]
-            enc_in, enc_out = unravel_key(encoder.in_keys[0]), unravel_key(encoder.out_keys[0])
-        except (AttributeError, IndexError, TypeError, KeyError):
-            return
-        if is_init is None or obs is None or enc_out != unravel_key(rollout.embedding_key):
-            return
-        mask = is_init.reshape(td.batch_size).bool()
-        if not bool(mask.any()):
-            return
-        first = encoder(TensorDict({enc_in: obs[mask]}, batch_size=[int(mask.sum())])).get(enc_out)
-        embedding = first.new_zeros(*td.batch_size, first.shape[-1])
-        embedding[mask] = first
-        td.set(rollout.init_embedding_key, embedding)
+        encode_first_observations(self.world_model, td, observation_key=k.observation, is_init_key=k.is_init)
 
     def _overshooting(
         self, td: TensorDictBase, q_mean: torch.Tensor, q_std: torch.Tensor

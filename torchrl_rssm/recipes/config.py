@@ -123,6 +123,8 @@ class RunConfig:
     """Dreamer: actor hidden units"""
     value_hidden_dim: int = 400
     """Dreamer: value hidden units"""
+    time_reduction: str = "mean"
+    """Dreamer: "mean" over imagined steps and starts (the paper's losses, for its clip of 100) or "sum" over steps (TorchRL's)"""
     # --- schedule
     seed_episodes: int = 5
     """S: random episodes before training"""
@@ -276,7 +278,7 @@ for _task in PAPER_ACTION_REPEAT:
 _PLANNER_FIELDS = ("planner", "planning_horizon", "optim_steps", "num_candidates", "top_k", "mppi_temperature")
 PRESETS["dreamer-quick"] = dict(
     {k: v for k, v in PRESETS["quick"].items() if k not in _PLANNER_FIELDS}, algo="dreamer", grad_clip=100.0, imagination_horizon=15, gamma=0.99, lmbda=0.95,
-    actor_lr=3e-4, value_lr=1e-3, actor_hidden_dim=64, value_hidden_dim=64,
+    actor_lr=3e-4, value_lr=1e-3, actor_hidden_dim=64, value_hidden_dim=64, time_reduction="sum",
     episodes=55, updates_per_episode=100, test_every=10, checkpoint_every=10, logdir="runs/dreamer-quick",
 )
 # A few seconds: the tests' Dreamer run.

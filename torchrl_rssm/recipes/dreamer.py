@@ -24,7 +24,7 @@ from tensordict import TensorDictBase
 from torch.distributions import Categorical, Normal
 
 from ..modules import make_dreamer_actor, make_value_model, make_world_model
-from ..objectives import DreamerActorLoss, DreamerValueLoss, RSSMLoss
+from ..objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError, RSSMLoss
 from ..policies import DreamerPolicy
 from .agent import Agent
 from .config import RunConfig
@@ -84,9 +84,10 @@ class DreamerAgent(Agent):
             lambda_reward=cfg.lambda_reward,
         )
         self.actor_loss = DreamerActorLoss(self.actor, self.value, self.world_model,
-                                           imagination_horizon=cfg.imagination_horizon)
+                                           imagination_horizon=cfg.imagination_horizon,
+                                           time_reduction=cfg.time_reduction)
         self.actor_loss.make_value_estimator(gamma=cfg.gamma, lmbda=cfg.lmbda)
-        self.value_loss = DreamerValueLoss(self.value, gamma=cfg.gamma)
+        self.value_loss = DreamerValueLoss(self.value, gamma=cfg.gamma, time_reduction=cfg.time_reduction)
         self._networks = {"model": self.world_model, "actor": self.actor, "value": self.value}
         lrs = {"model": cfg.lr, "actor": cfg.actor_lr, "value": cfg.value_lr}
         self.optimizers = {name: torch.optim.Adam(net.parameters(), lr=lrs[name], eps=cfg.adam_eps)
@@ -109,9 +110,16 @@ class DreamerAgent(Agent):
             optimizer.zero_grad(set_to_none=True)
         for name, total in totals.items():  # three separate graphs (the actor loss holds the model out)
             total.backward()
-        for name, optimizer in self.optimizers.items():
+        for name in self.optimizers:
             average_gradients(self._params[name])  # torchrun: the mean over ranks (no-op otherwise)
             out[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(self._params[name], self.cfg.grad_clip)
+        # finite losses can still give inf/NaN gradients: check before any step (one host sync), so a
+        # skipped update leaves every parameter as it was
+        if not bool(torch.isfinite(torch.stack([out[f"grad_norm/{n}"] for n in self.optimizers])).all()):
+            raise NonFiniteInputError("DreamerAgent.update: non-finite gradients (NaN or inf) in "
+                                      + ", ".join(n for n in self.optimizers
+                                                  if not torch.isfinite(out[f"grad_norm/{n}"])) + ".")
+        for optimizer in self.optimizers.values():
             optimizer.step()
         out.update({k: v.detach() for k, v in model_losses.items()})
         out["loss_actor"] = totals["actor"].detach()
