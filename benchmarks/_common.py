@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,3 +106,15 @@ def report(rows: list[dict], path: str | Path | None) -> None:
     """Prints the rows as a table and writes them as JSON when a path is given."""
     print_rows(rows)
     write_json(rows, path)
+
+
+def git_state(path: Path = Path(__file__).resolve().parents[1]) -> dict:
+    """The commit checked out at ``path`` and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"commit": None, "dirty": None}

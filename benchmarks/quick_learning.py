@@ -38,20 +38,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import git_state  # noqa: E402
+
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-
-
-def git_state(path: Path = ROOT) -> dict:
-    """The commit checked out at ``path`` and whether tracked files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    try:
-        return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"commit": None, "dirty": None}
 
 
 def slug(text: str) -> str:

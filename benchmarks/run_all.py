@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, git_state  # noqa: E402
 
 ROW_KEYS = ("name", "ours_ms", "torchrl_ms", "speedup", "device", "config", "note")
 # Extra flags of a full (not --quick) run: the planner's compiled and model-evaluation rows,
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": slug, "quick": args.quick,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        **git_state(),
         "versions": versions(), "machine": machine(args.device),
         "total_seconds": round(time.perf_counter() - start, 1),
         "scripts": [o["result"] for o in outcomes],
