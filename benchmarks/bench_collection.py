@@ -92,15 +92,18 @@ def collect_rate(name: str, device: str, num_envs: int, steps: int, batches: int
     trainer = Trainer(cfg)
     if name == "dreamer-actor":
         trainer.agent.policy = _dreamer_actor(trainer)
+    threads = torch.get_num_threads()  # the preset's (1): TorchRL's batched envs reset it on start/close
     coll = trainer.make_collector(seed_rounds=0)
     it = iter(coll)
     next(it)  # warm-up (and, async, the workers' start)
+    torch.set_num_threads(threads)  # every row at the same thread count, whatever num_envs
     start = time.perf_counter()
     frames = 0
     for _ in range(batches):
         frames += next(it).numel()
     elapsed = time.perf_counter() - start
     coll.shutdown()
+    torch.set_num_threads(threads)
     return frames * trainer.action_repeat / elapsed
 
 
@@ -110,7 +113,7 @@ def loop_rate(device: str, num_envs: int, steps: int, episodes: int, ratio: floa
                episodes=episodes, chunk_length=min(25, steps), buffer_capacity=None)
     trainer = Trainer(cfg)
     start = time.perf_counter()
-    out = trainer.train()
+    out = trainer.train()  # the trainer keeps its num_threads across batched envs (see Trainer.train)
     return out["env_steps"] / (time.perf_counter() - start)
 
 

@@ -456,6 +456,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.counters["episodes"], disable=not cfg.progress,
                    desc=self.agent.name, unit="episode", dynamic_ncols=True, file=sys.stderr)
         failed = None
+        threads = torch.get_num_threads()
         try:
             iterator = iter(collector)
             while self.counters["episodes"] < total:
@@ -464,6 +465,10 @@ class Trainer:
                 except Exception as err:  # a worker or an environment failed inside TorchRL's collector
                     failed = err
                     raise
+                # TorchRL's batched envs reset the process's thread count when they start and close:
+                # keep the run's (small ops under load slow down 10-100x with a second spinning thread)
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
                 train_return = self._store_episode(episode)
                 before = self.counters["episodes"]
                 per_round = max(1, episode.numel() // self.episode_steps)  # one episode per env in the batch
@@ -503,6 +508,7 @@ class Trainer:
                 collector.shutdown()
             except Exception:  # noqa: BLE001 -- a dead worker must not hide the checkpoint below
                 pass
+            torch.set_num_threads(threads)
             bar.close()
             self.save_checkpoint()
             self.logger.experiment.flush()
