@@ -154,3 +154,11 @@ def test_quick_pendulum_preset_plans_over_1_5_seconds():
     assert cfg.planning_horizon * cfg.action_repeat * 0.05 == pytest.approx(1.5)  # Pendulum-v1: dt = 0.05 s
     for field in ("belief_dim", "batch_size", "episodes", "updates_per_episode", "num_candidates", "lr"):
         assert getattr(cfg, field) == getattr(quick, field), field
+
+
+def test_random_baseline_reports_the_task_action_repeat(ql):
+    """--env leaves action_repeat None in the config: the JSON records the repeat the env used."""
+    cfg = ql.run_config(_args(ql, "--preset", "tiny", "--env", "dmc:reacher-easy", "--set", "max_episode_steps=5"))
+    assert cfg.action_repeat is None
+    returns, repeat = ql.random_returns(cfg, episodes=2)
+    assert repeat == 4 and len(returns) == 2 and all(0 <= r <= 5 * 4 for r in returns)  # reward <= 1 per env step
