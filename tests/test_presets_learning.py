@@ -144,18 +144,6 @@ def test_conv_channels_reach_the_world_model(tmp_path):
     assert deconvs[-1].out_channels == 3 and deconvs[0].out_channels == 8 * 4
 
 
-def test_quick_pendulum_preset_plans_over_1_5_seconds():
-    from torchrl_rssm.envs import make_env
-
-    quick, cfg = preset("quick"), preset("quick-pendulum")
-    env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat,
-                   max_episode_steps=cfg.max_episode_steps)
-    assert env.max_episode_steps == 100 >= cfg.chunk_length  # 200 env steps at repeat 2
-    assert cfg.planning_horizon * cfg.action_repeat * 0.05 == pytest.approx(1.5)  # Pendulum-v1: dt = 0.05 s
-    for field in ("belief_dim", "batch_size", "episodes", "updates_per_episode", "num_candidates", "lr"):
-        assert getattr(cfg, field) == getattr(quick, field), field
-
-
 def test_random_baseline_reports_the_task_action_repeat(ql):
     """--env leaves action_repeat None in the config: the JSON records the repeat the env used."""
     cfg = ql.run_config(_args(ql, "--preset", "tiny", "--env", "dmc:reacher-easy", "--set", "max_episode_steps=5"))
