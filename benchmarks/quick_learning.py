@@ -176,7 +176,8 @@ def table(paths: list[Path]) -> str:
             obs = rest.rstrip(")")
         else:
             obs = f"{obs}, action repeat {s.get('action_repeat')}"
-        agent = f"{s.get('agent', 'planet')} (`{s.get('preset', 'quick')}`)"
+        sets = "".join(f" `--set {o}`" for o in s.get("overrides") or [])
+        agent = f"{s.get('agent', 'planet')} (`{s.get('preset', 'quick')}`{sets})"
         commits = s.get("commits") or [{"commit": s.get("commit"), "dirty": s.get("dirty")}]
         commit = ", ".join(f"{(c['commit'] or '?')[:7]}{'+dirty' if c.get('dirty') else ''}" for c in commits)
         partial = " (partial)" if s.get("partial") else ""

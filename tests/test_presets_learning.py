@@ -70,9 +70,11 @@ def test_table_rows_from_every_json(ql, tmp_path):
     (tmp_path / "learning_quick_dmc-reacher-easy.json").write_text(json.dumps(new))
     (tmp_path / "quick_learning.json").write_text(json.dumps(old))
     (tmp_path / "soak.json").write_text(json.dumps({"other": 1}))  # not a learning table
+    (tmp_path / "learning_quick_x.json").write_text(json.dumps(dict(new, overrides=["action_repeat=4"])))
     text = ql.write_table(tmp_path).read_text()
     rows = [line for line in text.splitlines() if line.startswith("| dmc")]
-    assert len(rows) == 2
+    assert len(rows) == 3
+    assert rows[2].startswith("| dmc:reacher-easy, state vectors, action repeat 4 | planet (`quick` `--set action_repeat=4`)")
     assert "| dmc:reacher-easy, state vectors, action repeat 4 | planet (`quick`) (partial) | 40 ± 12 (8 ep.) | " \
            "512, 301 | 407 | 10.0, 10.5 min | 1 | abcdef1+dirty |" in rows
     assert rows[0].startswith("| dmc:cartpole-swingup, state vectors, action repeat 8 | planet (`quick`) | 125 ± 59")
