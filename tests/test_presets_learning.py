@@ -152,3 +152,22 @@ def test_random_baseline_reports_the_task_action_repeat(ql):
     assert cfg.action_repeat is None
     returns, repeat = ql.random_returns(cfg, episodes=2)
     assert repeat == 4 and len(returns) == 2 and all(0 <= r <= 5 * 4 for r in returns)  # reward <= 1 per env step
+
+
+def test_git_state_ignores_results_but_not_code(ql, tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "learning.md").write_text("a")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert ql.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "benchmarks" / "results" / "learning.md").write_text("b")  # an output rewritten
+    assert ql.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2")
+    assert ql.git_state(tmp_path)["dirty"] is True
