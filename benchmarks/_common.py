@@ -109,12 +109,14 @@ def report(rows: list[dict], path: str | Path | None) -> None:
 
 
 def git_state(path: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """The commit checked out at ``path`` and whether tracked files differ from it."""
+    """The commit checked out at ``path`` and whether tracked files (results aside) differ from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
                               check=True).stdout.strip()
     try:
+        # outputs under benchmarks/results do not make the code dirty (earlier runs rewrite them)
         return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)benchmarks/results"))}
     except (subprocess.CalledProcessError, FileNotFoundError):
         return {"commit": None, "dirty": None}

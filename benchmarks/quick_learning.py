@@ -93,8 +93,8 @@ def train(args: argparse.Namespace, seed: int) -> dict:
     return result
 
 
-def random_returns(cfg, episodes: int, seed: int = 10_000) -> list[float]:
-    """Returns of a uniformly random policy on ``cfg``'s task at ``cfg``'s action repeat."""
+def random_returns(cfg, episodes: int, seed: int = 10_000) -> tuple[list[float], int]:
+    """Returns of a uniformly random policy on ``cfg``'s task at ``cfg``'s action repeat, and that repeat."""
     import torch
 
     from torchrl_rssm.envs import make_env
@@ -105,8 +105,9 @@ def random_returns(cfg, episodes: int, seed: int = 10_000) -> list[float]:
         env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat,
                        max_episode_steps=cfg.max_episode_steps, env_kwargs=cfg.env_kwargs, seed=seed + i)
         returns.append(float(env.rollout(env.max_episode_steps)["next", "reward"].sum()))
+        repeat = int(env.action_repeat)  # the task's default where cfg leaves it None
         env.close()
-    return returns
+    return returns, repeat
 
 
 def output_path(args: argparse.Namespace, cfg) -> Path:
@@ -117,14 +118,14 @@ def output_path(args: argparse.Namespace, cfg) -> Path:
     return RESULTS / f"learning_{args.preset}_{slug(cfg.env)}.json"
 
 
-def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float]) -> dict:
+def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float], repeat: int) -> dict:
     ours = [r["test_return"] for r in runs]
     obs = "pixels 64x64" if cfg.from_pixels else "state vectors"
     if cfg.from_pixels and cfg.image_size != 64:
         obs = f"pixels {cfg.image_size}x{cfg.image_size}"
     commits = sorted({(r.get("commit"), r.get("dirty")) for r in runs}, key=str)
     return {
-        "task": cfg.env, "observations": obs, "action_repeat": cfg.action_repeat,
+        "task": cfg.env, "observations": obs, "action_repeat": repeat,
         "agent": cfg.algo, "preset": args.preset, "overrides": args.overrides,
         "command": "python benchmarks/quick_learning.py " + shlex.join(sys.argv[1:]),
         "run_command": "torchrl-rssm " + shlex.join(["train", *cli_args(args), "--seed", "S"]),
@@ -166,7 +167,8 @@ def table(paths: list[Path]) -> str:
             obs = rest.rstrip(")")
         else:
             obs = f"{obs}, action repeat {s.get('action_repeat')}"
-        agent = f"{s.get('agent', 'planet')} (`{s.get('preset', 'quick')}`)"
+        sets = "".join(f" `--set {o}`" for o in s.get("overrides") or [])
+        agent = f"{s.get('agent', 'planet')} (`{s.get('preset', 'quick')}`{sets})"
         commits = s.get("commits") or [{"commit": s.get("commit"), "dirty": s.get("dirty")}]
         commit = ", ".join(f"{(c['commit'] or '?')[:7]}{'+dirty' if c.get('dirty') else ''}" for c in commits)
         partial = " (partial)" if s.get("partial") else ""
@@ -217,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         args.root = Path("runs/learning") / out.stem
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda s: train(args, s), args.seeds))
-    rand = random_returns(cfg, cfg.test_episodes * len(args.seeds))
-    summary = summarise(args, cfg, runs, rand)
+    rand, repeat = random_returns(cfg, cfg.test_episodes * len(args.seeds))
+    summary = summarise(args, cfg, runs, rand, repeat)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     out.with_suffix(".md").write_text(table([out]))

@@ -70,9 +70,11 @@ def test_table_rows_from_every_json(ql, tmp_path):
     (tmp_path / "learning_quick_dmc-reacher-easy.json").write_text(json.dumps(new))
     (tmp_path / "quick_learning.json").write_text(json.dumps(old))
     (tmp_path / "soak.json").write_text(json.dumps({"other": 1}))  # not a learning table
+    (tmp_path / "learning_quick_x.json").write_text(json.dumps(dict(new, overrides=["action_repeat=4"])))
     text = ql.write_table(tmp_path).read_text()
     rows = [line for line in text.splitlines() if line.startswith("| dmc")]
-    assert len(rows) == 2
+    assert len(rows) == 3
+    assert rows[2].startswith("| dmc:reacher-easy, state vectors, action repeat 4 | planet (`quick` `--set action_repeat=4`)")
     assert "| dmc:reacher-easy, state vectors, action repeat 4 | planet (`quick`) (partial) | 40 ± 12 (8 ep.) | " \
            "512, 301 | 407 | 10.0, 10.5 min | 1 | abcdef1+dirty |" in rows
     assert rows[0].startswith("| dmc:cartpole-swingup, state vectors, action repeat 8 | planet (`quick`) | 125 ± 59")
@@ -144,13 +146,28 @@ def test_conv_channels_reach_the_world_model(tmp_path):
     assert deconvs[-1].out_channels == 3 and deconvs[0].out_channels == 8 * 4
 
 
-def test_quick_pendulum_preset_plans_over_1_5_seconds():
-    from torchrl_rssm.envs import make_env
+def test_random_baseline_reports_the_task_action_repeat(ql):
+    """--env leaves action_repeat None in the config: the JSON records the repeat the env used."""
+    cfg = ql.run_config(_args(ql, "--preset", "tiny", "--env", "dmc:reacher-easy", "--set", "max_episode_steps=5"))
+    assert cfg.action_repeat is None
+    returns, repeat = ql.random_returns(cfg, episodes=2)
+    assert repeat == 4 and len(returns) == 2 and all(0 <= r <= 5 * 4 for r in returns)  # reward <= 1 per env step
 
-    quick, cfg = preset("quick"), preset("quick-pendulum")
-    env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat,
-                   max_episode_steps=cfg.max_episode_steps)
-    assert env.max_episode_steps == 100 >= cfg.chunk_length  # 200 env steps at repeat 2
-    assert cfg.planning_horizon * cfg.action_repeat * 0.05 == pytest.approx(1.5)  # Pendulum-v1: dt = 0.05 s
-    for field in ("belief_dim", "batch_size", "episodes", "updates_per_episode", "num_candidates", "lr"):
-        assert getattr(cfg, field) == getattr(quick, field), field
+
+def test_git_state_ignores_results_but_not_code(ql, tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "learning.md").write_text("a")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert ql.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "benchmarks" / "results" / "learning.md").write_text("b")  # an output rewritten
+    assert ql.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2")
+    assert ql.git_state(tmp_path)["dirty"] is True

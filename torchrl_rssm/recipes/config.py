@@ -244,13 +244,6 @@ PRESETS["quick-pixels"] = dict(
     PRESETS["quick"], from_pixels=True, conv_channels=16, lr=1e-3, buffer_capacity=None,
     episodes=60, updates_per_episode=50, video_every=20, logdir="runs/planet-quick-pixels",
 )
-# The quick settings on Gymnasium's Pendulum-v1 (200 steps of 0.05 s). At the task's own
-# action repeat (1) the quick planner's 12-step horizon sees 0.6 s, too short to plan a
-# swing-up, and the agent stays at a random policy's return; repeat 2 and 15 steps plan 1.5 s.
-PRESETS["quick-pendulum"] = dict(
-    PRESETS["quick"], env="gym:Pendulum-v1", action_repeat=2, planning_horizon=15,
-    logdir="runs/planet-quick-pendulum",
-)
 # A few seconds: used by the tests to run the whole loop.
 PRESETS["tiny"] = dict(
     PRESETS["quick"], state_dim=4, belief_dim=16, hidden_dim=16, embed_dim=16,
