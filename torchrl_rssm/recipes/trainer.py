@@ -502,7 +502,7 @@ class Trainer:
                 if not cfg.progress and (tested or checkpointed or episodes >= total):
                     _say(f"episode {episodes}/{total}  env_steps {self.counters['env_steps']}  "
                          f"train_return {train_return:.1f}  test_return {self.last_test_return:.1f}  "
-                         f"updates {self.counters['updates']}" + (f"  loss {loss:.3f}" if metrics else ""))
+                         f"updates {self.counters['updates']}" + (f"  loss {loss:.3f}" if loss is not None else ""))
         finally:
             try:
                 collector.shutdown()
