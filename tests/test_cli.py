@@ -148,3 +148,17 @@ def test_env_kwargs_grayscale_and_image_size_reach_the_environment(tmp_path):
         apply_overrides(preset("tiny"), ["env_kwargs=continuous"])
     with pytest.raises(ValueError, match="env_kwargs.*expected a JSON object"):
         apply_overrides(preset("tiny"), ["env_kwargs=[1, 2]"])
+
+
+def test_eval_loads_models_without_the_replay_buffer(tmp_path):
+    from torchrl_rssm.recipes import load_trainer
+
+    cfg = preset("tiny")
+    cfg.logdir, cfg.progress, cfg.episodes, cfg.test_every, cfg.video_every = str(tmp_path / "run"), False, 0, 0, 0
+    Trainer(cfg).train()  # the seed episodes fill the buffer and are checkpointed
+    full = load_trainer(cfg.logdir)
+    light = load_trainer(cfg.logdir, with_buffer=False)
+    assert len(full.buffer) == cfg.seed_episodes * cfg.max_episode_steps and len(light.buffer) == 0
+    assert light.counters == full.counters
+    for (name, a), b in zip(full.agent.world_model.state_dict().items(), light.agent.world_model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)

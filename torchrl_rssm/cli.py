@@ -174,7 +174,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.video is not None:
         _check_video_path(args.video)  # before building anything
-    trainer = load_trainer(args.checkpoint, device=args.device, progress=False)
+    trainer = load_trainer(args.checkpoint, device=args.device, with_buffer=False, progress=False)
     result = evaluate(trainer, episodes=args.episodes, video=args.video)
     print(_json_line(result), flush=True)
     return 0

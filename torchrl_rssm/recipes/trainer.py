@@ -253,8 +253,10 @@ class Trainer:
         >>> Trainer(cfg).train()            # doctest: +SKIP
     """
 
-    def __init__(self, cfg: RunConfig, agent: Callable[..., Agent] | None = None, resume: bool = False):
+    def __init__(self, cfg: RunConfig, agent: Callable[..., Agent] | None = None, resume: bool = False,
+                 restore_buffer: bool = True):
         self.cfg = cfg
+        self._restore_buffer = restore_buffer  # False: models and counters only (evaluation)
         if cfg.nan_policy not in ("skip", "raise"):
             raise ValueError(f"nan_policy={cfg.nan_policy!r}: expected 'skip' or 'raise'.")
         check_layout(cfg)
@@ -651,17 +653,24 @@ class Trainer:
         self.last_test_return = state.get("last_test_return", float("nan"))
         self.schedule.update(state.get("schedule", {}))
         set_rng_state(state["rng"])
+        if not self._restore_buffer:
+            return
         self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
         if len(self.buffer):  # else at the first write, when the row layout is known
             self._buffer_reported = True
             _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
 
 
-def load_trainer(checkpoint: str | Path, device: str | None = None, **overrides) -> Trainer:
-    """Rebuilds a trainer (agent, buffer, counters) from a run's logdir, checkpoint folder or state.pt."""
+def load_trainer(checkpoint: str | Path, device: str | None = None, with_buffer: bool = True,
+                 **overrides) -> Trainer:
+    """Rebuilds a trainer (agent, buffer, counters) from a run's logdir, checkpoint folder or state.pt.
+
+    ``with_buffer=False`` leaves the replay buffer empty (evaluation does not need it; a pixel
+    run's buffer holds gigabytes).
+    """
     cfg = saved_config(checkpoint)
     if device is not None:
         cfg.device = device
     for k, v in overrides.items():
         setattr(cfg, k, v)
-    return Trainer(cfg, resume=True)
+    return Trainer(cfg, resume=True, restore_buffer=with_buffer)
