@@ -58,12 +58,11 @@ def _cfg(name: str, device: str, num_envs: int, steps: int, **kw):
 
 
 def _dreamer_actor(trainer: Trainer):
-    """A Dreamer-style actor on the trainer's world model (the lead's make_dreamer_actor when present)."""
+    """A Dreamer-style actor (2 ELU layers, TanhNormal) acting through ``DreamerPolicy``'s belief filter.
+
+    Lighter than ``make_dreamer_actor``'s 4 layers: this row measures collection overhead with a
+    cheap policy, against the planner's rows."""
     cfg, spec = trainer.cfg, trainer.env.action_spec
-    try:
-        from torchrl_rssm.modules import make_dreamer_actor  # noqa: F401 -- after the dreamer merge
-    except ImportError:
-        pass
     net = torch.nn.Sequential(MLP(in_features=cfg.state_dim + cfg.belief_dim, out_features=2 * spec.shape[-1],
                                   num_cells=[cfg.actor_hidden_dim] * 2, activation_class=torch.nn.ELU),
                               NormalParamExtractor()).to(trainer.device)

@@ -20,31 +20,19 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
-from torchrl_rssm.modules import pixels_to_model  # noqa: E402
 from torchrl_rssm.recipes import load_trainer  # noqa: E402
+from torchrl_rssm.recipes.agent import open_loop_prediction  # noqa: E402
 
 
 @torch.no_grad()
 def predictions(trainer, sequences: int = 3, context: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``truth, prediction``: ``[N, T, C, H, W]`` in ``[0, 1]``; the first ``context`` steps filtered."""
-    wm, rollout, key = trainer.world_model, trainer.world_model.rollout, trainer.agent.obs_key
+    key = trainer.agent.obs_key
     if key != "pixels":
         raise ValueError(f"open_loop: the run observes {key!r}, not pixels.")
     torch.manual_seed(seed)
     batch = trainer.buffer.sample()[:sequences]
-    pixels, actions = batch.get(("next", key)), batch.get("action")
-    context = min(context, actions.shape[1] - 1)
-    embedding = wm.encoder(pixels[:, :context])
-    is_init = batch.get("is_init", None)
-    root = batch.get(key, None)
-    filtered = rollout.observe(embedding, actions[:, :context],
-                               is_init=None if is_init is None else is_init[:, :context],
-                               init_embedding=None if root is None else wm.encoder(root[:, :context]))
-    reco = wm.decoder(filtered["state"], filtered["belief"])
-    start = {"state": filtered["state"][:, -1], "belief": filtered["belief"][:, -1]}
-    imagined = rollout.imagine(start, action=actions[:, context:])
-    prediction = torch.cat([reco, wm.decoder(imagined["state"], imagined["belief"])], 1)
-    truth = pixels_to_model(pixels)
+    truth, prediction, _ = open_loop_prediction(trainer.world_model, key, batch, context)
     return (truth + 0.5).clamp(0, 1), (prediction + 0.5).clamp(0, 1)
 
 

@@ -1,7 +1,6 @@
 """`torchrl-rssm` command line: task settings under --env, resume, output streams, overrides, checkpoints."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest

@@ -34,7 +34,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from ..modules import pixels_to_model
 
-__all__ = ["Agent", "log_world_model_predictions"]
+__all__ = ["Agent", "build_world_model_and_loss", "log_world_model_predictions", "open_loop_prediction"]
 
 
 class Agent(ABC):
@@ -85,25 +85,54 @@ class Agent(ABC):
         log_world_model_predictions(self.world_model, self.obs_key, batch, logger, step)
 
 
+def build_world_model_and_loss(cfg, env, device: torch.device):
+    """``(obs_key, world_model, RSSMLoss)`` from the run configuration's world-model and loss fields
+    (the part every agent shares: PlaNet trains only this, Dreamer trains an actor and value on top)."""
+    from ..modules import make_world_model
+    from ..objectives import RSSMLoss
+
+    obs_key = "pixels" if cfg.from_pixels else "observation"
+    world_model = make_world_model(
+        env.observation_spec, env.action_spec, obs_key=obs_key, state_dim=cfg.state_dim,
+        belief_dim=cfg.belief_dim, hidden_dim=cfg.hidden_dim, embed_dim=cfg.embed_dim,
+        channels=cfg.conv_channels, min_std=cfg.min_std, compile_step=cfg.compile, device=device,
+    )
+    loss = RSSMLoss(world_model, free_nats=cfg.free_nats, kl_balance=cfg.kl_balance,
+                    overshooting_distance=cfg.overshooting_distance, overshooting_weight=cfg.overshooting_weight,
+                    lambda_reward=cfg.lambda_reward)
+    return obs_key, world_model, loss
+
+
 @torch.no_grad()
-def log_world_model_predictions(world_model, obs_key: str, batch: TensorDictBase, logger, step: int,
-                                context: int = 5, sequences: int = 4) -> None:
-    """Reconstructions beside observations, and open-loop predictions beside the truth."""
-    batch = batch[:sequences]
+def open_loop_prediction(world_model, obs_key: str, batch: TensorDictBase,
+                         context: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(target, prediction, reconstruction)`` in the model's range for a ``[B, T]`` replay batch.
+
+    The first ``context`` steps are filtered with the posterior (each chunk's first observation
+    filtered, as in training) and decoded (``reconstruction``, ``[B, context, ...]``); the rest is
+    imagined open loop from the recorded actions. ``prediction`` is both, ``[B, T, ...]``.
+    """
     wm, rollout = world_model, world_model.rollout
     target = pixels_to_model(batch.get(("next", obs_key)))
     embedding = wm.encoder(batch.get(("next", obs_key)))
     actions = batch.get("action")
     context = min(context, actions.shape[1] - 1)
     is_init = batch.get("is_init", None)
-    root = batch.get(obs_key, None)  # chunks start from their first observation filtered, as in training
+    root = batch.get(obs_key, None)
     filtered = rollout.observe(embedding[:, :context], actions[:, :context],
                                is_init=None if is_init is None else is_init[:, :context],
                                init_embedding=None if root is None else wm.encoder(root[:, :context]))
     reco = wm.decoder(filtered["state"], filtered["belief"])
     start = {"state": filtered["state"][:, -1], "belief": filtered["belief"][:, -1]}
     imagined = rollout.imagine(start, action=actions[:, context:])
-    prediction = torch.cat([reco, wm.decoder(imagined["state"], imagined["belief"])], 1)
+    return target, torch.cat([reco, wm.decoder(imagined["state"], imagined["belief"])], 1), reco
+
+
+@torch.no_grad()
+def log_world_model_predictions(world_model, obs_key: str, batch: TensorDictBase, logger, step: int,
+                                context: int = 5, sequences: int = 4) -> None:
+    """Reconstructions beside observations, and open-loop predictions beside the truth."""
+    target, prediction, reco = open_loop_prediction(world_model, obs_key, batch[:sequences], context)
     if target.ndim == 5:  # pixels [B, T, C, H, W]
         logger.log_images("model/reconstruction", torch.cat([target[:, 0], reco[:, 0]], -1), step=step)
         video = torch.cat([target[0], prediction[0]], -1)  # truth | model, side by side

@@ -23,10 +23,10 @@ import torch
 from tensordict import TensorDictBase
 from torch.distributions import Categorical, Normal
 
-from ..modules import make_dreamer_actor, make_value_model, make_world_model
-from ..objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError, RSSMLoss
+from ..modules import make_dreamer_actor, make_value_model
+from ..objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError
 from ..policies import DreamerPolicy
-from .agent import Agent
+from .agent import Agent, build_world_model_and_loss
 from .config import RunConfig
 from .distributed import average_gradients
 
@@ -69,20 +69,10 @@ class DreamerAgent(Agent):
 
     def __init__(self, cfg: RunConfig, env, device: torch.device):
         self.cfg = cfg
-        self.obs_key = "pixels" if cfg.from_pixels else "observation"
-        self.world_model = make_world_model(
-            env.observation_spec, env.action_spec, obs_key=self.obs_key,
-            state_dim=cfg.state_dim, belief_dim=cfg.belief_dim, hidden_dim=cfg.hidden_dim,
-            embed_dim=cfg.embed_dim, min_std=cfg.min_std, compile_step=cfg.compile, device=device,
-        )
+        self.obs_key, self.world_model, self.model_loss = build_world_model_and_loss(cfg, env, device)
         self.actor = make_dreamer_actor(env.action_spec, cfg.state_dim, cfg.belief_dim,
                                         num_cells=cfg.actor_hidden_dim, device=device)
         self.value = make_value_model(cfg.state_dim, cfg.belief_dim, hidden_dim=cfg.value_hidden_dim, device=device)
-        self.model_loss = RSSMLoss(
-            self.world_model, free_nats=cfg.free_nats, kl_balance=cfg.kl_balance,
-            overshooting_distance=cfg.overshooting_distance, overshooting_weight=cfg.overshooting_weight,
-            lambda_reward=cfg.lambda_reward,
-        )
         self.actor_loss = DreamerActorLoss(self.actor, self.value, self.world_model,
                                            imagination_horizon=cfg.imagination_horizon,
                                            time_reduction=cfg.time_reduction)

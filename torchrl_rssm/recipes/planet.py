@@ -13,10 +13,8 @@ import torch
 from tensordict import TensorDictBase
 
 from ..envs import dequantize
-from ..modules import make_world_model
-from ..objectives import RSSMLoss
 from ..planners import CEMPlanner, MPPIPlanner, PlaNetPolicy
-from .agent import Agent
+from .agent import Agent, build_world_model_and_loss
 from .config import RunConfig
 from .trainer import ConfigMismatchError, Trainer, load_trainer, resolve_device
 
@@ -48,18 +46,7 @@ class PlaNetAgent(Agent):
 
     def __init__(self, cfg: RunConfig, env, device: torch.device):
         self.cfg = cfg
-        self.obs_key = "pixels" if cfg.from_pixels else "observation"
-        self.world_model = make_world_model(
-            env.observation_spec, env.action_spec, obs_key=self.obs_key,
-            state_dim=cfg.state_dim, belief_dim=cfg.belief_dim, hidden_dim=cfg.hidden_dim,
-            embed_dim=cfg.embed_dim, channels=cfg.conv_channels, min_std=cfg.min_std, compile_step=cfg.compile,
-            device=device,
-        )
-        self.loss_module = RSSMLoss(
-            self.world_model, free_nats=cfg.free_nats, kl_balance=cfg.kl_balance,
-            overshooting_distance=cfg.overshooting_distance, overshooting_weight=cfg.overshooting_weight,
-            lambda_reward=cfg.lambda_reward,
-        )
+        self.obs_key, self.world_model, self.loss_module = build_world_model_and_loss(cfg, env, device)
         self.optimizer = torch.optim.Adam(self.world_model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self._params = list(self.world_model.parameters())
         # acting sees the same dequantised pixels as training (the replay buffer applies it on sampling)
