@@ -1,10 +1,6 @@
 """The PlaNet recipe end to end: training loop, TensorBoard, checkpoints, resume, bad input."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -12,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from run_helpers import train_and_kill_after
 from torchrl_rssm.cli import main
 from torchrl_rssm.recipes.config import PlaNetConfig, apply_overrides, preset
 from torchrl_rssm.recipes.planet import ConfigMismatchError, PlaNetTrainer, resolve_device
@@ -135,31 +132,8 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path):
 
 def test_killed_run_resumes_with_same_buffer_counters_and_config(tmp_path):
     logdir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "torchrl_rssm.cli", "train", "--preset", "tiny", "--logdir", str(logdir),
-           "--no-progress", "--set", "episodes=40", "--set", "test_every=0", "--set", "video_every=0"]
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_path = logdir / "checkpoint" / "state.pt"
-    deadline = time.time() + 150
-    saved = None
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if state_path.exists():
-                try:
-                    saved = torch.load(state_path, weights_only=False)
-                except Exception:  # being renamed into place right now
-                    saved = None
-                if saved is not None and saved["counters"]["episodes"] >= 4:
-                    break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    saved = torch.load(state_path, weights_only=False)  # the last complete checkpoint
+    saved = train_and_kill_after(logdir, ["--preset", "tiny", "--set", "episodes=40", "--set", "test_every=0",
+                                          "--set", "video_every=0"])
     cfg = preset("tiny")
     apply_overrides(cfg, ["episodes=40", "test_every=0", "video_every=0", "progress=false"])
     cfg.logdir = str(logdir)

@@ -1,17 +1,13 @@
 """The Dreamer recipe end to end on the trainer core: `--algo dreamer`, TensorBoard, NaN policy, kill and resume."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from run_helpers import train_and_kill_after
 from torchrl_rssm.cli import _parser, main, train_config
 from torchrl_rssm.policies import DreamerPolicy
 from torchrl_rssm.recipes import Trainer, apply_overrides, preset
@@ -110,30 +106,8 @@ def test_dreamer_non_finite_gradients_skip_the_update_before_any_step(tmp_path):
 
 def test_killed_dreamer_run_resumes_with_its_actor_value_and_optimisers(tmp_path):
     logdir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "torchrl_rssm.cli", "train", "--algo", "dreamer", "--preset", "dreamer-tiny",
-           "--logdir", str(logdir), "--no-progress", "--set", "episodes=40", "--set", "test_every=0",
-           "--set", "video_every=0"]
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_path = logdir / "checkpoint" / "state.pt"
-    deadline = time.time() + 150
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if state_path.exists():
-                try:
-                    saved = torch.load(state_path, weights_only=False)
-                except Exception:  # being renamed into place right now
-                    saved = None
-                if saved is not None and saved["counters"]["episodes"] >= 4:
-                    break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    saved = torch.load(state_path, weights_only=False)
+    saved = train_and_kill_after(logdir, ["--algo", "dreamer", "--preset", "dreamer-tiny", "--set", "episodes=40",
+                                          "--set", "test_every=0", "--set", "video_every=0"])
     cfg = preset("dreamer-tiny")
     apply_overrides(cfg, ["episodes=40", "test_every=0", "video_every=0", "progress=false"])
     cfg.logdir = str(logdir)
