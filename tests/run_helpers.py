@@ -37,3 +37,24 @@ def train_and_kill_after(logdir: Path, args: list[str], min_episodes: int = 4, t
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     return torch.load(state_path, weights_only=False)  # the last complete checkpoint
+
+
+def preset_config(name: str, tmp_path: Path, **overrides):
+    """The preset ``name`` with its logdir under ``tmp_path``, no progress bar, and ``overrides``."""
+    from torchrl_rssm.recipes import preset
+
+    cfg = preset(name)
+    cfg.logdir = str(tmp_path / "run")
+    cfg.progress = False
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tensorboard_tags(logdir: str):
+    """``(accumulator, tags)`` of a run's TensorBoard events (images and scalars kept whole)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logdir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc, acc.Tags()

@@ -8,27 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from run_helpers import train_and_kill_after
+from run_helpers import preset_config, tensorboard_tags, train_and_kill_after
 from torchrl_rssm.cli import main
-from torchrl_rssm.recipes.config import PlaNetConfig, apply_overrides, preset
+from torchrl_rssm.recipes.config import apply_overrides, preset
 from torchrl_rssm.recipes.planet import ConfigMismatchError, PlaNetTrainer, resolve_device
 
 
-def tiny(tmp_path: Path, **overrides) -> PlaNetConfig:
-    cfg = preset("tiny")
-    cfg.logdir = str(tmp_path / "run")
-    cfg.progress = False
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
+def tiny(tmp_path: Path, **overrides):
+    return preset_config("tiny", tmp_path, **overrides)
 
 
-def _tags(logdir: str) -> dict[str, list[str]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(logdir, size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    return acc, acc.Tags()
+_tags = tensorboard_tags
 
 
 def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from run_helpers import train_and_kill_after
+from run_helpers import preset_config, tensorboard_tags, train_and_kill_after
 from torchrl_rssm.cli import _parser, main, train_config
 from torchrl_rssm.policies import DreamerPolicy
 from torchrl_rssm.recipes import Trainer, apply_overrides, preset
@@ -15,20 +15,10 @@ from torchrl_rssm.recipes.dreamer import DreamerAgent
 
 
 def tiny(tmp_path: Path, **overrides):
-    cfg = preset("dreamer-tiny")
-    cfg.logdir = str(tmp_path / "run")
-    cfg.progress = False
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
+    return preset_config("dreamer-tiny", tmp_path, **overrides)
 
 
-def _tags(logdir: str):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(logdir, size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    return acc, acc.Tags()
+_tags = tensorboard_tags
 
 
 def test_algo_dreamer_picks_the_dreamer_presets():
