@@ -1,7 +1,10 @@
 """Scale (issue 11): DDP over the agent's updates on 2 CPU processes (gloo), mismatched configs."""
 from __future__ import annotations
 
+import gc
 import os
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,11 @@ from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, ch
 from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length
+# A rendezvous or collective that stalls (seen once in four clean-clone CI runs on this sandbox)
+# must fail the test in minutes, not hold the suite until CI's limit: every collective times out,
+# and the parent kills the ranks if they have not finished by the deadline.
+COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+SPAWN_DEADLINE_S = 180.0
 
 
 def _cfg(name: str = "tiny"):
@@ -52,34 +60,57 @@ def _mean_latents() -> None:
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=COLLECTIVE_TIMEOUT)
     try:
-        # 1. mismatched configurations: a clear error on every rank, naming the field
-        bad = _cfg()
-        if rank == 1:
-            bad.lr = 0.5
-        try:
-            check_same_config(bad)
-            result = "no error"
-        except ConfigMismatchAcrossRanksError as err:
-            result = str(err)
-        torch.save(result, Path(out_dir) / f"mismatch{rank}.pt")
-        # 2. one DDP update on this rank's half of the batch
-        cfg = _cfg(preset_name)
-        check_same_config(cfg)
-        agent, batch = _agent_and_batch(cfg)
-        wrap_ddp(agent)
-        _mean_latents()
-        agent.update(batch[rank * B:(rank + 1) * B])
-        torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
+        _rank_work(rank, out_dir, preset_name)
+        # DDP's reducer must not outlive the process group's Python handle: destroyed last, it frees
+        # the gloo group while holding the GIL, and deadlocks against gloo's worker thread (which needs
+        # the GIL to free its last work item). Seen here about once in six runs; see
+        # torchrl_rssm.recipes.distributed.main, which does the same.
+        gc.collect()
     finally:
         dist.destroy_process_group()
+
+
+def _rank_work(rank: int, out_dir: str, preset_name: str) -> None:
+    # 1. mismatched configurations: a clear error on every rank, naming the field
+    bad = _cfg()
+    if rank == 1:
+        bad.lr = 0.5
+    try:
+        check_same_config(bad)
+        result = "no error"
+    except ConfigMismatchAcrossRanksError as err:
+        result = str(err)
+    torch.save(result, Path(out_dir) / f"mismatch{rank}.pt")
+    # 2. one DDP update on this rank's half of the batch
+    cfg = _cfg(preset_name)
+    check_same_config(cfg)
+    agent, batch = _agent_and_batch(cfg)
+    wrap_ddp(agent)
+    _mean_latents()
+    agent.update(batch[rank * B:(rank + 1) * B])
+    torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
+
+
+def _spawn_with_deadline(fn, args: tuple, nprocs: int, deadline_s: float = SPAWN_DEADLINE_S) -> None:
+    """``mp.spawn(fn, args, nprocs)``, but the ranks are killed and the test fails after ``deadline_s``."""
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=1.0):  # raises as soon as one rank fails
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            for process in context.processes:
+                process.join(timeout=10)
+            pytest.fail(f"the {nprocs} gloo ranks did not finish within {deadline_s:.0f} s; killed them")
 
 
 @pytest.mark.parametrize("preset_name", ["tiny", "dreamer-tiny"])
 def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path, preset_name):
     """PlaNet: DDP around RSSMLoss; Dreamer: one gradient all-reduce per network (model, actor, value)."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), preset_name), nprocs=2, join=True)
+    _spawn_with_deadline(_worker, (2, str(tmp_path / "init"), str(tmp_path), preset_name), nprocs=2)
     for rank in range(2):
         message = torch.load(tmp_path / f"mismatch{rank}.pt")
         assert "different configurations" in message and "'lr'" in message and "0.5" in message

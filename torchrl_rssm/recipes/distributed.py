@@ -34,6 +34,7 @@ all-reduce, so runs with ``WORLD_SIZE > 1`` use ``nan_policy="raise"``.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import os
@@ -172,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = rank_config(cfg, rank, local_rank) if world > 1 else cfg
         if cfg.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(cfg.device))
-        result = Trainer(cfg, resume=resume).train()
+        trainer = Trainer(cfg, resume=resume)
+        result = trainer.train()
         if rank == 0:
             print(_json_line(dict(result, world_size=world)), flush=True)
     finally:
+        # The trainer's DDP reducer must go before the process group: freed last, it destroys the
+        # gloo group with the GIL held and can deadlock against gloo's worker thread (pytorch#56297).
+        trainer = None
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
