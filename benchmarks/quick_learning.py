@@ -18,7 +18,8 @@ writes a JSON with the commit and the exact commands that produced it. Then rege
 ``torchrl-rssm train --env`` does: the action repeat becomes the task's (PlaNet's for its
 DMC domains, else 1) and the episode length the task's limit. Outputs:
 ``results/quick_learning.json`` for the plain ``quick`` preset (the README's table),
-``results/learning_<preset>_<task>.json`` for everything else.
+``results/learning_<preset>_<task>.json`` for everything else, each with a PNG beside it of return
+against episodes per seed (training and test episodes, from the runs' TensorBoard events).
 
 Each run uses the preset's ``num_threads`` (1 for ``quick``). ``--jobs`` (default 1) runs
 that many seeds at once; the tables record which was used, since runs sharing a 2-core
@@ -89,8 +90,45 @@ def train(args: argparse.Namespace, seed: int) -> dict:
         raise RuntimeError(f"{shlex.join(command)} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result.update(seed=seed, wall_s=round(wall, 1), command=shlex.join(command), **git_state())
+    result["curves"] = curves(logdir)
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def curves(logdir: Path) -> dict[str, list[list[float]]]:
+    """``{"train": [[env_step, return], ...], "test": [...]}`` from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    return {name: [[e.step, round(e.value, 1)] for e in events.Scalars(tag)] if tag in tags else []
+            for name, tag in (("train", "train/episode_return"), ("test", "test/return"))}
+
+
+def plot_curves(summary: dict, out: Path) -> None:
+    """Return against episodes, one colour per seed (training episodes thin, tests bold), random band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps_per_episode = summary["env_steps"] / summary["episodes"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    low, high = summary["random_mean"] - (summary["random_std"] or 0), summary["random_mean"] + (summary["random_std"] or 0)
+    ax.axhspan(low, high, color="grey", alpha=0.25, label="random policy (mean ± std)")
+    for run in summary["runs"]:
+        c = run.get("curves") or {}
+        line, = ax.plot([s / steps_per_episode for s, _ in c.get("train", [])], [r for _, r in c.get("train", [])],
+                        lw=0.8, alpha=0.6, label=f"seed {run['seed']}: training episodes")
+        ax.plot([s / steps_per_episode for s, _ in c.get("test", [])], [r for _, r in c.get("test", [])],
+                "o-", lw=2, color=line.get_color(), label=f"seed {run['seed']}: test (noise-free)")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("return")
+    ax.set_title(f"{summary['agent']} `{summary['preset']}` on {summary['task']} ({summary['observations']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def random_returns(cfg, episodes: int, seed: int = 10_000) -> tuple[list[float], int]:
@@ -130,7 +168,8 @@ def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float]
         "command": "python benchmarks/quick_learning.py " + shlex.join(sys.argv[1:]),
         "run_command": "torchrl-rssm " + shlex.join(["train", *cli_args(args), "--seed", "S"]),
         "runs": [{"seed": r["seed"], "test_return": r["test_return"], "wall_s": r["wall_s"],
-                  "command": r.get("command"), "commit": r.get("commit"), "dirty": r.get("dirty")} for r in runs],
+                  "command": r.get("command"), "commit": r.get("commit"), "dirty": r.get("dirty"),
+                  "curves": r.get("curves")} for r in runs],
         "commits": [{"commit": c, "dirty": d} for c, d in commits],
         "script": git_state(),
         "seeds": [r["seed"] for r in runs],
@@ -224,9 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     out.with_suffix(".md").write_text(table([out]))
+    plot_curves(summary, out.with_suffix(".png"))
     md = write_table(out.parent)
     print(table([out]))
-    print(f"wrote {out} and {md}")
+    print(f"wrote {out}, {out.with_suffix('.png')} and {md}")
 
 
 if __name__ == "__main__":
