@@ -62,7 +62,7 @@ def save_png(truth: torch.Tensor, prediction: torch.Tensor, path: Path, context:
         axes[2 * i, 0].set_ylabel("truth", fontsize=7)
         axes[2 * i + 1, 0].set_ylabel("model", fontsize=7)
     fig.suptitle(title + f"\nred frames: {context} context steps filtered; after them, open loop", fontsize=8)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.5 / (2 * n + 1)))  # room for the two-line title
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
