@@ -18,7 +18,7 @@ writes a JSON with the commit and the exact commands that produced it. Then rege
 ``torchrl-rssm train --env`` does: the action repeat becomes the task's (PlaNet's for its
 DMC domains, else 1) and the episode length the task's limit. Outputs:
 ``results/quick_learning.json`` for the plain ``quick`` preset (the README's table),
-``results/learning_<preset>_<task>.json`` for everything else, each with a PNG beside it of return
+``results/learning_<preset>_<task>[_<key>-<value>...].json`` for everything else (one suffix per ``--set``), each with a PNG beside it of return
 against episodes per seed (training and test episodes, from the runs' TensorBoard events).
 
 Each run uses the preset's ``num_threads`` (1 for ``quick``). ``--jobs`` (default 1) runs
@@ -153,7 +153,9 @@ def output_path(args: argparse.Namespace, cfg) -> Path:
         return args.out
     if args.preset == "quick" and not args.env and not args.algo and not args.overrides:
         return RESULTS / "quick_learning.json"
-    return RESULTS / f"learning_{args.preset}_{slug(cfg.env)}.json"
+    # --set runs get their own file, so that they never overwrite the plain run of the same task
+    sets = "".join("_" + slug(item).replace("=", "-") for item in args.overrides)
+    return RESULTS / f"learning_{args.preset}_{slug(cfg.env)}{sets}.json"
 
 
 def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float], repeat: int) -> dict:

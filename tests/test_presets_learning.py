@@ -46,7 +46,9 @@ def test_cli_args_and_output_names(ql):
     assert ql.cli_args(args, seed=3) == ["--preset", "quick", "--env", "gym:Pendulum-v1", "--set", "lr=1e-3",
                                          "--seed", "3"]
     cfg = ql.run_config(args)
-    assert ql.output_path(args, cfg).name == "learning_quick_gym-Pendulum-v1.json"
+    assert ql.output_path(args, cfg).name == "learning_quick_gym-Pendulum-v1_lr-1e-3.json"  # not the plain run's
+    task_only = _args(ql, "--env", "gym:Pendulum-v1")
+    assert ql.output_path(task_only, ql.run_config(task_only)).name == "learning_quick_gym-Pendulum-v1.json"
     plain = _args(ql)
     assert ql.output_path(plain, ql.run_config(plain)).name == "quick_learning.json"
     algo = _args(ql, "--preset", "tiny", "--algo", "planet")
