@@ -19,9 +19,8 @@ from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, ch
 from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length
-# A rendezvous or collective that stalls (seen once in four clean-clone CI runs on this sandbox)
-# must fail the test in minutes, not hold the suite until CI's limit: every collective times out,
-# and the parent kills the ranks if they have not finished by the deadline.
+# Should a rank ever stall again (the teardown deadlock below held a CI run until its 90-minute limit),
+# the test fails in minutes: every collective times out, and the parent kills ranks past the deadline.
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 SPAWN_DEADLINE_S = 180.0
 
@@ -66,7 +65,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: st
         _rank_work(rank, out_dir, preset_name)
         # DDP's reducer must not outlive the process group's Python handle: destroyed last, it frees
         # the gloo group while holding the GIL, and deadlocks against gloo's worker thread (which needs
-        # the GIL to free its last work item). Seen here about once in six runs; see
+        # the GIL to free its last work item; pytorch#56297). Seen here in 2 of 7 runs; see
         # torchrl_rssm.recipes.distributed.main, which does the same.
         gc.collect()
     finally:

@@ -245,6 +245,7 @@ PRESETS["quick-pixels"] = dict(
     PRESETS["quick"], from_pixels=True, conv_channels=16, lr=1e-3, buffer_capacity=None,
     episodes=60, updates_per_episode=80, video_every=20, logdir="runs/planet-quick-pixels",
 )
+# A few seconds: used by the tests to run the whole loop.
 PRESETS["tiny"] = dict(
     PRESETS["quick"], state_dim=4, belief_dim=16, hidden_dim=16, embed_dim=16,
     batch_size=4, chunk_length=8, max_episode_steps=20, seed_episodes=2, episodes=1,
