@@ -16,10 +16,10 @@ from torchrl.objectives import DreamerActorLoss as TorchRLActorLoss
 from torchrl.objectives import DreamerValueLoss as TorchRLValueLoss
 from torchrl.objectives.value.functional import vec_td_lambda_return_estimate
 
+from torchrl_rssm.interop import to_dreamer_env
 from torchrl_rssm.modules import (DreamerActor, ValueModel, make_dreamer_actor, make_value_model, make_world_model,
                                   tanh_normal_sampler)
-from torchrl_rssm.objectives import (DreamerActorLoss, DreamerValueLoss, NonFiniteInputError, lambda_return,
-                                     to_dreamer_env)
+from torchrl_rssm.objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError, lambda_return
 
 S, D, A, HID = 6, 12, 2, 16
 SPEC = Bounded(-1.0, 1.0, (A,))

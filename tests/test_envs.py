@@ -389,7 +389,7 @@ def test_carracing_discrete_grayscale_96_trains_and_plans():
     from torchrl_rssm.envs import dequantize
     from torchrl_rssm.modules import make_world_model
     from torchrl_rssm.objectives import RSSMLoss
-    from torchrl_rssm.planners import PlaNetPolicy
+    from torchrl_rssm.policies import PlaNetPolicy
 
     torch.manual_seed(0)
     env = make_env("gym:CarRacing-v3", env_kwargs={"continuous": False}, grayscale=True, image_size=96,

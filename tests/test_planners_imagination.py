@@ -192,13 +192,3 @@ def test_observe_starts_episodes_from_the_first_observation_filtered():
     torch.testing.assert_close(again["belief"], out["belief"])
     with pytest.raises(ValueError, match="init_embedding"):
         rollout.observe(emb, act, is_init=is_init, init_embedding=root[:, :2])
-
-
-def test_docstring_examples():
-    import doctest
-
-    from torchrl_rssm.modules import imagination, rssm
-
-    for module in (imagination, rssm):
-        result = doctest.testmod(module, raise_on_error=False)
-        assert result.failed == 0 and result.attempted > 0, module.__name__

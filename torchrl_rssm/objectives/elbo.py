@@ -26,6 +26,7 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.objectives.common import LossModule
 
+from ..interop import find_rollout_prior, strip_next
 from ..modules import ConvEncoder, MLPEncoder, RSSMRollout, pixels_to_model
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
@@ -119,25 +120,6 @@ def overshooting_priors(
         state, belief = s.reshape(*lead, -1), h.reshape(*lead, -1)
         out.append((mean, std))
     return out
-
-
-def _find_prior(world_model: nn.Module) -> nn.Module | None:
-    """The transition network inside a world model (ours or TorchRL's rollout), or None."""
-    for module in world_model.modules():
-        if isinstance(module, RSSMRollout):
-            return module.prior
-        prior = getattr(module, "rssm_prior", None)  # TorchRL's RSSMRollout
-        if prior is not None:
-            return getattr(prior, "module", prior)
-    return None
-
-
-def _leaf(key: NestedKey) -> NestedKey:
-    """``("next", "x") -> "x"``: the loss's keys are named relative to ``"next"``."""
-    key = unravel_key(key)
-    if isinstance(key, tuple) and key[0] == "next":
-        key = key[1:] if len(key) > 2 else key[1]
-    return key
 
 
 def _next(key: NestedKey) -> NestedKey:
@@ -336,7 +318,7 @@ class RSSMLoss(LossModule):
         # a plain attribute, not a submodule: our rollout (reads the root observation's embedding)
         self.__dict__["_rollout"] = next((m for m in world_model.modules() if isinstance(m, RSSMRollout)), None)
         # a plain attribute, not a submodule: its parameters are already the world model's
-        self.__dict__["_prior"] = _find_prior(world_model)
+        self.__dict__["_prior"] = find_rollout_prior(world_model)
         if self.overshooting_distance > 1 and self._prior is None:
             raise ValueError(
                 "RSSMLoss: latent overshooting (overshooting_distance > 1) needs the world model's "
@@ -354,9 +336,9 @@ class RSSMLoss(LossModule):
         """The observation / reconstruction / reward-prediction keys the world model uses."""
         keys = {"observation": "pixels", "reco_observation": "reco_pixels", "reward_pred": "reward_pred"}
         try:  # WorldModelWrapper(TensorDictSequential(encoder, rollout, decoder), reward)
-            keys["observation"] = _leaf(world_model[0][0].in_keys[0])
-            keys["reco_observation"] = _leaf(world_model[0][-1].out_keys[-1])
-            keys["reward_pred"] = _leaf(world_model[1].out_keys[-1])
+            keys["observation"] = strip_next(world_model[0][0].in_keys[0])
+            keys["reco_observation"] = strip_next(world_model[0][-1].out_keys[-1])
+            keys["reward_pred"] = strip_next(world_model[1].out_keys[-1])
         except (AttributeError, IndexError, TypeError, KeyError):
             pass
         return keys
@@ -407,7 +389,7 @@ class RSSMLoss(LossModule):
         """The observation shape our encoders need, if they read this loss's observation key."""
         try:
             encoder_module = self.world_model[0][0]
-            encoder, in_key = encoder_module.module, _leaf(encoder_module.in_keys[0])
+            encoder, in_key = encoder_module.module, strip_next(encoder_module.in_keys[0])
         except (AttributeError, IndexError, TypeError, KeyError):
             return None
         if in_key != unravel_key(self.tensor_keys.observation):
