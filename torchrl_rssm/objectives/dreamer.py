@@ -395,9 +395,32 @@ class DreamerActorLoss(LossModule):
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if hasattr(self, "_imagine"):
             self._refresh_fast_paths()
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(value=self.tensor_keys.value)
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> None:
-        """Sets gamma and lambda: ``TDLambda`` (default; ``gamma=0.99, lmbda=0.95``), ``TD0`` (lambda 0), ``TD1`` (lambda 1)."""
+        """Sets gamma and lambda: ``TDLambda`` (default; ``gamma=0.99, lmbda=0.95``), ``TD0`` (lambda 0), ``TD1`` (lambda 1).
+
+        As in TorchRL, it also builds ``value_estimator`` (TorchRL's ``TD0Estimator``,
+        ``TD1Estimator`` or ``TDLambdaEstimator``, without a value network) holding these
+        settings and the value key, which ``set_keys(value=...)`` updates. The targets
+        themselves are the closed-form :func:`lambda_return` over the imagined time steps.
+
+        Examples:
+            >>> from torchrl.data import Bounded, Composite, Unbounded
+            >>> from torchrl.objectives.utils import ValueEstimators
+            >>> from torchrl_rssm.modules import make_dreamer_actor, make_value_model, make_world_model
+            >>> wm = make_world_model(Composite(observation=Unbounded((5,))), Bounded(-1, 1, (2,)),
+            ...                       state_dim=8, belief_dim=16, hidden_dim=32)
+            >>> loss = DreamerActorLoss(make_dreamer_actor(Bounded(-1, 1, (2,)), 8, 16, num_cells=32),
+            ...                         make_value_model(8, 16, hidden_dim=32), wm)
+            >>> loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.9, lmbda=0.8)
+            >>> loss.set_keys(value="my_value")
+            >>> loss.gamma, loss.lmbda, loss.value_estimator.tensor_keys.value
+            (0.9, 0.8, 'my_value')
+        """
+        from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
+
         value_type = self.default_value_estimator if value_type is None else value_type
         if value_type not in self.SUPPORTED_VALUE_ESTIMATORS:
             raise NotImplementedError(
@@ -412,6 +435,16 @@ class DreamerActorLoss(LossModule):
             raise ValueError(f"DreamerActorLoss: gamma and lmbda must be in [0, 1], got {gamma}, {lmbda}.")
         self.gamma, self.lmbda = gamma, float(lmbda)
         self.value_type = value_type
+        common = {"gamma": gamma, "value_network": None, "device": hyperparams.get("device"),
+                  "differentiable": hyperparams.get("differentiable", False)}
+        if value_type == ValueEstimators.TD0:
+            estimator = TD0Estimator(**common)
+        elif value_type == ValueEstimators.TD1:
+            estimator = TD1Estimator(**common)
+        else:
+            estimator = TDLambdaEstimator(lmbda=self.lmbda, vectorized=hyperparams.get("vectorized", True), **common)
+        estimator.set_keys(value=self.tensor_keys.value, value_target="value_target")
+        self._value_estimator = estimator
 
     # ---------------------------------------------------------------- pieces
     def start_states(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
