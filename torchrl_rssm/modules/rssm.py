@@ -273,6 +273,14 @@ def rollout_prior(
     :meth:`RSSMPrior.step_projected` (e.g. its compiled version). Returns ``belief, state,
     prior_mean, prior_std, action``. :func:`imagine` is this loop on ``[*B]`` batches; the
     planners' :class:`~torchrl_rssm.planners.TensorReturns` calls it directly.
+
+    Examples:
+        >>> import torch
+        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
+        >>> out = rollout_prior(prior, torch.zeros(5, 4), torch.zeros(5, 8), action=torch.zeros(7, 5, 2),
+        ...                     sample=False)
+        >>> out["belief"].shape, torch.equal(out["state"], out["prior_mean"])  # time-major; means followed
+        (torch.Size([7, 5, 8]), True)
     """
     if (action is None) == (policy is None):
         raise ValueError("imagine: pass exactly one of `action` ([*B, H, A]) or `policy`.")

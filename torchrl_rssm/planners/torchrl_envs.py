@@ -37,6 +37,15 @@ class TensorReturns(nn.Module):
         state_dim, belief_dim: sizes of the latent parts (read from the prior when
             it has ``state_dim`` / ``rnn_hidden_dim``).
         sample: use the prior's sample (default) or its mean as the next state.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.modules.models.model_based import RSSMPrior as TorchRLPrior
+        >>> from torchrl.data import Bounded
+        >>> prior = TorchRLPrior(Bounded(-1, 1, (2,)), hidden_dim=8, rnn_hidden_dim=8, state_dim=4)
+        >>> returns = TensorReturns(prior, lambda state, belief: state.sum(-1, keepdim=True), sample=False)
+        >>> returns(torch.zeros(3, 4), torch.zeros(3, 8), torch.randn(3, 10, 5, 2)).shape  # [M envs, N candidates]
+        torch.Size([3, 10])
     """
 
     def __init__(self, prior: nn.Module, reward: nn.Module, state_dim: int | None = None,
