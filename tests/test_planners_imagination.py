@@ -1,6 +1,7 @@
-"""The imagination engine (modules/imagination.py): the planners' fused no-grad scorer against the
-plain rollout with the same noise, weight updates, copies and compilation; the differentiable
-rollout (actor in the loop); episode starts filtered from the first observation in observe."""
+"""Imagination: the planners' fused no-grad scorer (modules/imagination.py) against the plain prior
+scan (modules/rssm.py) with the same noise, weight updates, copies and compilation; the
+differentiable scan (actor in the loop); episode starts filtered from the first observation in
+observe."""
 from __future__ import annotations
 
 import pytest
