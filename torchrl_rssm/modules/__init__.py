@@ -1,4 +1,5 @@
-"""RSSM world-model modules (encoders, decoders, RSSM, imagination engine, heads, actor, builder)."""
+"""RSSM world-model modules (encoders, decoders, RSSM with observe and imagine, the planners' fused
+scorer, heads, actor, builder)."""
 from .actor import DreamerActor, StraightThroughOneHotCategorical, make_dreamer_actor, make_value_model, tanh_normal_sampler
 from .decoders import ConvDecoder, MLPDecoder
 from .encoders import ConvEncoder, MLPEncoder, pixels_to_model

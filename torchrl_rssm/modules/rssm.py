@@ -264,7 +264,7 @@ def rollout_prior(
     sample: bool = True,
     step: Callable | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The engine's loop, time-major: ``state [N, S]``, ``belief [N, D]`` -> ``[H, N, F]`` each.
+    """The imagination loop, time-major: ``state [N, S]``, ``belief [N, D]`` -> ``[H, N, F]`` each.
 
     ``action`` is ``[H, N, A]`` (or ``policy`` and ``horizon``); ``noise`` ``[H, N, S]``
     (standard normal) fixes the prior samples: s_t = mean + std * noise. Without

@@ -242,7 +242,8 @@ class DreamerActorLoss(LossModule):
       target r + gamma v: its estimator reads the feature dimension as time).
     - Rewards and values of imagined states are the heads' means (TorchRL samples them
       from probabilistic heads).
-    - Imagination runs on tensors through the shared engine (``RSSMRollout.imagine``), no
+    - Imagination runs on tensors through the package's one prior scan
+      (:func:`~torchrl_rssm.modules.imagine`, ``RSSMRollout.imagine`` for its world model), no
       tensordict per step; the heads run after the loop, a few steps at a time (cache-sized chunks).
     - ``model_based_env`` may be this package's world model or TorchRL's ``DreamerEnv``
       (whose prior and reward networks are found inside ``env.world_model``).
@@ -489,7 +490,8 @@ class DreamerActorLoss(LossModule):
             return self.value_model(td).get(k.value)
 
     def imagine(self, start: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """H steps with the actor in the loop from ``start`` ``[N, F]``: the engine's output ``[N, H, F]``."""
+        """H steps with the actor in the loop from ``start`` ``[N, F]``: :func:`~torchrl_rssm.modules.imagine`'s
+        output ``[N, H, F]``."""
         with set_exploration_type(ExplorationType.RANDOM):
             return self._imagine(start, policy=self._policy(), horizon=self.imagination_horizon, noise=noise)
 
