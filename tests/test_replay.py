@@ -74,7 +74,7 @@ def test_pixels_stored_uint8_sampled_dequantized():
     rb = make_replay_buffer(200, batch_size=8, chunk_length=4)
     for ep in range(5):
         rb.extend(episode(ep, 12))
-    stored = rb.storage.get(slice(0, len(rb)))
+    stored = rb.steps(slice(0, len(rb)))
     assert stored["pixels"].dtype == torch.uint8 and stored["next", "pixels"].dtype == torch.uint8
     batch, info = rb.sample(return_info=True)
     index = info["index"][0].reshape(batch.shape)
@@ -84,7 +84,7 @@ def test_pixels_stored_uint8_sampled_dequantized():
         assert y.min() >= -0.5 and y.max() < 0.5
         grid = (torch.floor((y + 0.5) * 32) * 8).to(torch.uint8)
         assert torch.equal(grid, stored[key][index])
-    assert rb.storage.get(slice(0, len(rb)))["pixels"].dtype == torch.uint8  # storage untouched
+    assert rb.steps(slice(0, len(rb)))["pixels"].dtype == torch.uint8  # storage untouched
     raw = make_replay_buffer(200, batch_size=8, chunk_length=4, dequantize_bits=None)
     raw.extend(episode(0, 12))
     assert raw.sample()["pixels"].dtype == torch.uint8
@@ -96,7 +96,7 @@ def test_episode_split_across_extends_continues_and_ids_stay_unique():
     rb.extend(ep[:8])  # unfinished episode...
     rb.extend(ep[8:])  # ...continued by the next batch (no is_init there)
     rb.extend(episode(1, 10))
-    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    ids = rb.steps(slice(0, len(rb)))["episode"]
     assert ids.tolist() == [0] * 20 + [1] * 10
     crossing = False
     for _ in range(20):
@@ -114,7 +114,7 @@ def test_episode_split_across_extends_continues_and_ids_stay_unique():
     coll = episode(0, 12, flags=False)
     coll["collector", "traj_ids"] = torch.tensor([0] * 6 + [1] * 6)
     rb.extend(coll)
-    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    ids = rb.steps(slice(0, len(rb)))["episode"]
     assert ids[30:].tolist() == [2] * 10 + [3] * 10 + [4] * 6 + [5] * 6
     assert rb.num_episodes == 6
 
@@ -124,7 +124,7 @@ def test_batched_data_rows_become_separate_pieces():
     data = torch.stack([episode(0, 6, flags=False), episode(1, 6, flags=False)])  # [N=2, T=6], no flags
     with pytest.warns(UserWarning, match="none of is_init"):
         rb.extend(data)
-    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    ids = rb.steps(slice(0, len(rb)))["episode"]
     assert ids.tolist() == [0] * 6 + [1] * 6
     assert_chunks_within_episodes(rb.sample(), 3)
 
@@ -139,7 +139,7 @@ def test_adding_while_sampling_and_wrapping_at_capacity():
         batch = rb.sample()
         assert_chunks_within_episodes(batch, L)
         assert len(rb) == min(50, 12 * (ep + 1))
-    live = set(rb.storage.get(slice(0, 50))["episode"].tolist())
+    live = set(rb.steps(slice(0, 50))["episode"].tolist())
     assert live == {7, 8, 9, 10, 11}  # ep 7 partly overwritten (2 steps left)
     seen = set()
     for _ in range(40):
@@ -186,7 +186,7 @@ def test_save_load_round_trip(tmp_path, memmap):
     for target in [None, tmp_path / "mm2"]:
         rb2 = load_replay_buffer(tmp_path / "ckpt", memmap_dir=target)
         assert len(rb2) == len(rb) == 60
-        before, after = rb.storage.get(slice(0, 60)), rb2.storage.get(slice(0, 60))
+        before, after = rb.steps(slice(0, 60)), rb2.steps(slice(0, 60))
         for key in ("episode", "obs", "pixels", ("next", "pixels"), ("next", "done")):
             assert torch.equal(before[key], after[key]), key
         assert rb2.writer.state_dict() == rb.writer.state_dict()
@@ -198,7 +198,7 @@ def test_save_load_round_trip(tmp_path, memmap):
         # appending continues the unfinished episode and the numbering, overwriting the same slots
         rb2.extend(episode(7, 6)[3:])
         rb2.extend(episode(8, 5))
-        tail = rb2.storage.get(slice(0, 60))
+        tail = rb2.steps(slice(0, 60))
         assert tail["episode"][13:16].tolist() == [7, 7, 7] and tail["episode"][16:21].tolist() == [8] * 5
         assert len(list((tmp_path / "ckpt").rglob("*"))) > 0
     if memmap:
@@ -211,7 +211,7 @@ def test_save_load_round_trip(tmp_path, memmap):
         kwargs = {"memmap_dir": tmp_path / "stale"}
     fresh = make_replay_buffer(60, batch_size=6, chunk_length=4, dequantize_bits=None, **kwargs)
     assert load_replay_buffer(tmp_path / "ckpt", fresh) is fresh
-    assert torch.equal(fresh.storage.get(slice(0, 60))["obs"], rb.storage.get(slice(0, 60))["obs"])
+    assert torch.equal(fresh.steps(slice(0, 60))["obs"], rb.steps(slice(0, 60))["obs"])
     assert fresh.num_episodes == rb.num_episodes and fresh.writer.state_dict() == rb.writer.state_dict()
     with pytest.raises(ValueError, match="capacity"):
         load_replay_buffer(tmp_path / "ckpt", make_replay_buffer(61, batch_size=6, chunk_length=4))
@@ -219,20 +219,23 @@ def test_save_load_round_trip(tmp_path, memmap):
         load_replay_buffer(tmp_path / "ckpt", fresh, device="cpu")
 
 
-def test_torchrl_dumps_loads_keep_episode_counter(tmp_path):
+def test_dumps_loads_and_state_dict_keep_episode_counter(tmp_path):
+    """``rb.dumps``/``rb.loads`` are save_replay_buffer/load_replay_buffer (one format); state_dict too."""
     rb = make_replay_buffer(40, batch_size=2, chunk_length=3)
     rb.extend(episode(0, 10))
     rb.extend(episode(1, 4)[:2])
     rb.dumps(tmp_path / "d")
+    assert (tmp_path / "d" / "manifest.json").is_file() and (tmp_path / "d" / "state.pt").is_file()
     rb2 = make_replay_buffer(40, batch_size=2, chunk_length=3)
     rb2.loads(tmp_path / "d")
     assert len(rb2) == 12 and rb2.num_episodes == 2
     rb2.extend(episode(1, 4)[2:])
-    assert rb2.storage.get(slice(0, 14))["episode"].tolist() == [0] * 10 + [1] * 4
+    assert rb2.steps(slice(0, 14))["episode"].tolist() == [0] * 10 + [1] * 4
     sd = rb2.state_dict()
     rb3 = make_replay_buffer(40, batch_size=2, chunk_length=3)
     rb3.load_state_dict(sd)
     assert rb3.num_episodes == 2 and len(rb3) == 14
+    assert torch.equal(rb3.steps(slice(0, 14))["pixels"], rb2.steps(slice(0, 14))["pixels"])
 
 
 try:  # torchrl 0.14 renamed SyncDataCollector to Collector
@@ -256,7 +259,7 @@ def test_with_sync_data_collector(buffer_in_collector):
             rb.extend(data)
     collector.shutdown()
     assert len(rb) == 12 and rb.num_episodes == 2
-    stored = rb.storage.get(slice(0, 12))
+    stored = rb.steps(slice(0, 12))
     assert stored["episode"].tolist() == [0] * 6 + [1] * 6
     assert torch.equal(stored["episode"], stored["collector", "traj_ids"])
     for _ in range(5):
@@ -286,15 +289,15 @@ def test_one_extend_with_several_episodes_splits_on_each_flag_alone(flag):
     assert set(data.keys(True, True)) & {"is_init", ("next", "done")} == {"is_init" if flag == "is_init"
                                                                         else ("next", "done")}
     rb.extend(data)
-    ids = rb.storage.get(slice(0, len(rb)))["episode"]
+    ids = rb.steps(slice(0, len(rb)))["episode"]
     assert ids.tolist() == [0] * 4 + [1] * 6 + [2] * 5
     assert rb.episode_lengths().tolist() == [4, 6, 5]
     for _ in range(20):
         assert_chunks_within_episodes(rb.sample(), 4)
 
 
-def test_recorded_latents_and_plan_are_not_stored_root_observation_is():
-    """Training never reads the policy's latents or warm-start plan; the root observation it does read."""
+def test_recorded_latents_and_plan_are_not_stored_observations_stored_once():
+    """Training never reads the policy's latents or warm-start plan; each observation is stored once."""
     from torchrl_rssm.data import DEFAULT_EXCLUDE_KEYS
 
     data = episode(0, 6)
@@ -302,20 +305,23 @@ def test_recorded_latents_and_plan_are_not_stored_root_observation_is():
         data[key] = torch.randn(6, 3)
     rb = make_replay_buffer(50, batch_size=1, chunk_length=3)
     rb.extend(data)
-    stored = set(rb.storage.get(slice(0, 6)).keys(True, True))
-    assert not stored & {"state", "belief", "plan", ("next", "state"), ("next", "belief"), ("next", "plan")}
-    assert {"pixels", ("next", "pixels"), "obs", "action"} <= stored
+    raw = set(rb.storage.get(slice(0, 6)).keys(True, True))
+    assert not raw & {"state", "belief", "plan", ("next", "state"), ("next", "belief"), ("next", "plan")}
+    assert {("next", "pixels"), "obs", "action"} <= raw and "pixels" not in raw  # root pixels: side store
+    assert {"pixels", ("next", "pixels"), "obs", "action"} <= set(rb.steps(slice(0, 6)).keys(True, True))
+    assert rb.root_keys == [("pixels",)]
     assert len(DEFAULT_EXCLUDE_KEYS) == 6
     # the size report: bytes of one stored step, counted by hand
-    per_step = (2 * 3 * 8 * 8 * 1  # pixels, root and next (uint8)
+    per_step = (3 * 8 * 8 * 1        # pixels, once (next; uint8)
                 + 4 + 8 + 2 * 4     # obs (float32), t (int64), action (2 x float32)
-                + 1 + 1 + 8)        # is_init, ("next", "done"), episode id (int64)
+                + 1 + 1 + 8         # is_init, ("next", "done"), episode id (int64)
+                + 8)                # the row's slot in the side store of root observations (int64)
     assert rb.bytes_per_step == per_step
     assert f"{per_step * 50 / 1e3:.1f} kB when full" in rb.describe()
     assert "capacity 50 steps on cpu" in rb.describe()
     keep_all = make_replay_buffer(50, batch_size=1, chunk_length=3, exclude_keys=())
     keep_all.extend(data)
-    assert ("next", "belief") in keep_all.storage.get(slice(0, 6)).keys(True, True)
+    assert ("next", "belief") in keep_all.steps(slice(0, 6)).keys(True, True)
 
 
 def test_storage_device_is_recorded_and_samples_move_to_device():
@@ -330,7 +336,7 @@ def test_storage_device_is_recorded_and_samples_move_to_device():
     if torch.cuda.is_available():  # DeviceCastTransform(cuda) touches CUDA when built
         rb = make_replay_buffer(50, batch_size=2, chunk_length=3, device="cuda", storage_device="cpu")
         rb.extend(episode(0, 8))
-        assert rb.storage.get(slice(0, 1))["obs"].device.type == "cpu"
+        assert rb.steps(slice(0, 1))["obs"].device.type == "cpu"
         batch = rb.sample()
         assert batch["obs"].device.type == "cuda" and batch["next", "pixels"].dtype == torch.float32
         assert rb.config["storage_device"] == "cpu" and rb.config["device"] == "cuda"
