@@ -340,3 +340,178 @@ def test_storage_device_is_recorded_and_samples_move_to_device():
         batch = rb.sample()
         assert batch["obs"].device.type == "cuda" and batch["next", "pixels"].dtype == torch.float32
         assert rb.config["storage_device"] == "cpu" and rb.config["device"] == "cuda"
+
+
+# ---------------------------------------------------------------- each observation stored once
+def _stream_of_episodes(lengths, seed=0, pix=PIX, break_rule_in=None):
+    """Collector-like data: root observation at t = next observation at t - 1 within an episode."""
+    g = torch.Generator().manual_seed(seed)
+    eps = []
+    for ep, n in enumerate(lengths):
+        frames = torch.randint(0, 32, (n + 1, *pix), generator=g, dtype=torch.uint8) * 8
+        obs = torch.randn(n + 1, 3, generator=g)
+        t = torch.arange(n)
+        data = TensorDict({
+            "pixels": frames[:-1], ("next", "pixels"): frames[1:],
+            "observation": obs[:-1], ("next", "observation"): obs[1:],
+            "step_count": t.unsqueeze(-1), ("next", "step_count"): (t + 1).unsqueeze(-1),
+            "action": torch.randn(n, 2, generator=g), ("next", "reward"): torch.randn(n, 1, generator=g),
+            "is_init": (t == 0).unsqueeze(-1), ("next", "done"): (t == n - 1).unsqueeze(-1),
+        }, [n])
+        if ep == break_rule_in:  # data that does not follow the rule is stored as given
+            data["pixels"] = torch.randint(0, 256, (n, *pix), generator=g, dtype=torch.uint8)
+        eps.append(data)
+    return eps
+
+
+def _old_layout_buffer(capacity, batch_size, chunk_length, dequantize_bits=5):
+    """TorchRL's plain buffer storing every root entry: what this package's buffer stored before."""
+    from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+    from torchrl_rssm.envs import Dequantize
+
+    return TensorDictReplayBuffer(
+        storage=LazyTensorStorage(capacity), batch_size=batch_size * chunk_length,
+        sampler=SliceSampler(slice_len=chunk_length, traj_key="episode", strict_length=True, cache_values=True),
+        transform=Dequantize(dequantize_bits) if dequantize_bits else None)
+
+
+def test_sampled_chunks_equal_the_old_layout_through_wraparound():
+    """Same data, same seeds: the compact buffer returns exactly what a buffer of every root entry does."""
+    B, L, C = 6, 4, 70
+    ours, old = make_replay_buffer(C, batch_size=B, chunk_length=L), _old_layout_buffer(C, B, L)
+    lengths = [9, 13, 5, 11, 3, 17, 8, 12, 6, 14, 10, 7, 15, 9]  # 159 steps into 70 slots: wraps twice
+    for i, data in enumerate(_stream_of_episodes(lengths, break_rule_in=5)):
+        pieces = [data[:4], data[4:]] if i % 3 == 0 else [data]  # episodes split across writes
+        for piece in pieces:
+            index = ours.extend(piece)
+            old.extend(piece.clone().set("episode", ours.storage.get(index)["episode"]))
+            # stored rows, as written, are the same (root observations included)
+            n = len(ours)
+            expect, got = old.storage.get(slice(0, n)), ours.steps(slice(0, n))
+            for key in expect.keys(True, True):
+                if key != "index":
+                    assert torch.equal(expect[key], got[key]), key
+            if any(int(x) >= L for x in ours.episode_lengths()):
+                for seed in range(3):
+                    for rb in (ours, old):
+                        rb.sampler._rng = torch.Generator().manual_seed(seed)
+                    torch.manual_seed(seed)  # the dequantisation noise
+                    a = ours.sample()
+                    torch.manual_seed(seed)
+                    b = old.sample().reshape(B, L)
+                    assert set(a.keys(True, True)) == set(b.keys(True, True))
+                    for key in b.keys(True, True):
+                        assert torch.equal(a[key], b[key]), key
+    # the side store holds about one root observation per stored episode, not one per step
+    assert len(ours) == C and int((ours._root_owner >= 0).sum()) <= 12
+    assert ours.storage.get(slice(0, C)).get("pixels", None) is None
+
+
+def test_bytes_per_stored_64x64_pixel_step():
+    """A collected 64x64 RGB step costs at most 13.5 kB (24.6 kB when the root image was stored too)."""
+    from torchrl_rssm.envs import make_env
+
+    env = make_env("dmc:cartpole-swingup", max_episode_steps=50, seed=0)
+    env.set_seed(0)
+    data = torch.cat([env.rollout(50, break_when_any_done=False) for _ in range(2)])
+    assert data["pixels"].shape[-3:] == (3, 64, 64) and data["pixels"].dtype == torch.uint8
+    ours = make_replay_buffer(len(data), batch_size=2, chunk_length=8)
+    ours.extend(data[:50])
+    ours.extend(data[50:])
+    per_step = ours.nbytes() / len(ours)  # everything held: rows (full capacity) and the side store
+    assert ours.bytes_per_step <= 13_500 and per_step <= 13_500, (ours.bytes_per_step, per_step)
+    old = _old_layout_buffer(len(data), 2, 8)
+    old.extend(data.clone().set("episode", torch.arange(100) // 50))
+    old_bytes = sum(v.numel() * v.element_size() for v in old.storage.get(slice(0, 100)).values(True, True)) / 100
+    assert old_bytes > 24_500 and per_step < 0.55 * old_bytes
+    assert torch.equal(ours.steps(slice(0, 100))["pixels"], data["pixels"])
+
+
+# ---------------------------------------------------------------- chunks across episodes
+def test_one_step_episodes_sampled_in_chunks_of_8_across_episodes():
+    """cross_episodes: 1-step episodes train; is_init at each start; terminated and truncated kept apart."""
+    n = 40
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 32, (n, *PIX), generator=g, dtype=torch.uint8) * 8  # reset frames
+    last = torch.randint(0, 32, (n, *PIX), generator=g, dtype=torch.uint8) * 8
+    truncated = torch.arange(n) % 3 == 1  # every third episode ends by the time limit
+    data = TensorDict({
+        "pixels": frames, ("next", "pixels"): last, "obs": torch.arange(n).float(),
+        "is_init": torch.ones(n, 1, dtype=torch.bool),
+        ("next", "terminated"): (~truncated).unsqueeze(-1), ("next", "truncated"): truncated.unsqueeze(-1),
+        ("next", "done"): torch.ones(n, 1, dtype=torch.bool),
+    }, [n])
+    rb = make_replay_buffer(100, batch_size=5, chunk_length=8, dequantize_bits=None, cross_episodes=True)
+    rb.extend(data[:25])
+    rb.extend(data[25:])  # one environment's stream continues across writes
+    assert rb.num_episodes == n and rb.episode_lengths().tolist() == [1] * n
+    for _ in range(10):
+        batch, info = rb.sample(return_info=True)
+        rows = info["index"][0].reshape(5, 8)
+        assert batch.shape == (5, 8)
+        assert (batch["obs"].diff(dim=1) == 1).all()  # consecutive steps of the stream
+        assert batch["is_init"].all()
+        assert torch.equal(batch["pixels"], frames[rows]) and torch.equal(batch["next", "pixels"], last[rows])
+        assert torch.equal(batch["next", "terminated"].squeeze(-1), ~truncated[rows])
+        end = torch.zeros(5, 8, dtype=torch.bool)
+        end[:, -1] = True
+        assert torch.equal(batch["next", "truncated"].squeeze(-1), truncated[rows] | end)
+        assert not (batch["next", "terminated"] & batch["next", "truncated"]).squeeze(-1)[:, :-1].any()
+    # the default (per-episode) buffer refuses them: no episode has 8 steps
+    per_episode = make_replay_buffer(100, batch_size=5, chunk_length=8, dequantize_bits=None)
+    per_episode.extend(data)
+    with pytest.raises(RuntimeError, match="no stored episode has chunk_length=8"):
+        per_episode.sample()
+
+
+def test_cross_episodes_resets_only_at_episode_starts_and_keeps_streams_apart():
+    rb = make_replay_buffer(400, batch_size=16, chunk_length=6, cross_episodes=True)
+    lengths = [1, 4, 2, 7, 1, 1, 3, 9, 2, 5]
+    stream = torch.cat(_stream_of_episodes(lengths))
+    stream["is_init"] = torch.zeros_like(stream["is_init"])  # boundaries from ("next", "done") alone
+    rb.extend(stream[:13])
+    rb.extend(stream[13:])
+    starts = torch.zeros(len(stream), dtype=torch.bool)
+    starts[torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)[:-1]))] = True
+    assert torch.equal(rb.steps(slice(0, len(stream)))["is_init"].squeeze(-1), starts)
+    # two environments in one [N=2, T] batch: each row its own stream piece
+    two = torch.stack([torch.cat(_stream_of_episodes([3, 5], seed=s)) for s in (1, 2)])
+    rb.extend(two)
+    for _ in range(20):
+        batch, info = rb.sample(return_info=True)
+        rows = info["index"][0].reshape(16, 6)
+        stored = rb.steps(slice(0, len(rb)))
+        assert torch.equal(batch["is_init"].squeeze(-1)[:, 1:], stored["is_init"].squeeze(-1)[rows[:, 1:]])
+        assert batch["is_init"][:, 0].all()
+        assert ((rows.diff(dim=1)) == 1).all()  # slices never leave a stream piece
+        piece = stored["_replay", "stream"] if ("_replay", "stream") in stored.keys(True) else None
+        assert piece is None  # bookkeeping never shows
+        raw = rb.storage.get(slice(0, len(rb)))["_replay", "stream"]
+        assert (raw[rows] == raw[rows[:, :1]]).all()
+        # root observation at t is next observation at t - 1 except at episode starts
+        inside = ~batch["is_init"].squeeze(-1)[:, 1:]
+        assert (batch["observation"][:, 1:][inside] == batch["next", "observation"][:, :-1][inside]).all()
+
+
+def test_truncated_or_corrupted_replay_file_is_a_clear_error(tmp_path):
+    from torchrl_rssm.data import ReplayLoadError
+
+    rb = make_replay_buffer(100, batch_size=2, chunk_length=3)
+    for data in _stream_of_episodes([10, 12]):
+        rb.extend(data)
+    save_replay_buffer(rb, tmp_path / "r")
+    target = make_replay_buffer(100, batch_size=2, chunk_length=3)
+    target.extend(_stream_of_episodes([7], seed=3)[0])
+    big = max((p for p in (tmp_path / "r" / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    payload = big.read_bytes()
+    big.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(ReplayLoadError, match=f"{big.name}: truncated") as err:
+        load_replay_buffer(tmp_path / "r", target)
+    assert "\n" not in str(err.value)
+    assert len(target) == 7  # the buffer loaded into is left as it was
+    big.write_bytes(bytes([payload[0] ^ 1]) + payload[1:])  # same size, one bit flipped
+    with pytest.raises(ReplayLoadError, match=f"{big.name}: corrupted"):
+        load_replay_buffer(tmp_path / "r")
+    (tmp_path / "r" / "manifest.json").unlink()  # a save killed before its last file
+    with pytest.raises(ReplayLoadError, match="manifest.json: missing"):
+        load_replay_buffer(tmp_path / "r")

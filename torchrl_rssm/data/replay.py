@@ -389,7 +389,7 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         free = (self._root_owner < 0).nonzero().squeeze(-1)
         if len(free) < k:
             size = len(self._root_owner)
-            new = max(2 * size, size + k - len(free), 16)
+            new = max(2 * size, size + k - len(free))
             extra = new - size
             self._roots = torch.cat(
                 [self._roots, self._roots.apply(lambda v: v.new_zeros((extra, *v.shape[1:])), batch_size=[extra])], 0)
