@@ -70,7 +70,8 @@ counterpart, and within an episode the root entry at ``t`` is the ``next`` entry
 it is not the previous stored row's ``next`` entry (an episode's first step, or data that
 breaks the rule), in a small side store; sampled chunks are rebuilt with both, so they equal
 what a buffer storing every root entry returns. The entries treated this way are the root
-entries that have a ``("next", key)`` counterpart of the same shape and dtype. For 64x64
+entries that have a ``("next", key)`` counterpart of the same shape and dtype and take at
+least :data:`MIN_DEDUP_BYTES` per step (observations; not flags or counters). For 64x64
 RGB pixels that is 12,288 bytes per step (uint8) plus a share of one image per episode,
 about 12.4 kB per step with the rest. :meth:`SequenceReplayBuffer.describe` reports the
 capacity and the estimated memory once the first write has fixed the row layout. The side
@@ -106,6 +107,10 @@ _ROOT_SLOT_KEY = (_META, "root_slot")
 _STREAM_KEY = (_META, "stream")
 _FORMAT_VERSION = 2
 _LOG = logging.getLogger("torchrl_rssm.data")
+
+#: Root entries smaller than this (bytes per step: flags, counters, small state vectors) are
+#: stored as given: rebuilding them at sampling would cost more time than their bytes are worth.
+MIN_DEDUP_BYTES = 64
 
 #: Entries the buffer drops by default: the acting policy's recorded latents and warm-start
 #: plan (training never reads them; see "What is stored").
@@ -299,7 +304,8 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         return out
 
     def _find_root_keys(self, data: TensorDictBase) -> list[tuple[str, ...]]:
-        """Root entries with a ``("next", key)`` twin of the same shape and dtype."""
+        """Root entries with a ``("next", key)`` twin of the same shape and dtype, of at least
+        :data:`MIN_DEDUP_BYTES` per step (smaller ones cost more to rebuild than they take)."""
         keys = []
         for key in data.keys(True, True):
             key = _as_tuple(key)
@@ -308,7 +314,8 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
             twin = data.get(("next", *key), None)
             value = data.get(_key(key))
             if isinstance(twin, torch.Tensor) and isinstance(value, torch.Tensor) \
-                    and twin.shape == value.shape and twin.dtype == value.dtype:
+                    and twin.shape == value.shape and twin.dtype == value.dtype \
+                    and value[0].numel() * value.element_size() >= MIN_DEDUP_BYTES:
                 keys.append(key)
         return keys
 
@@ -487,9 +494,9 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
             >>> import torch
             >>> from tensordict import TensorDict
             >>> rb = make_replay_buffer(10, batch_size=1, chunk_length=2)
-            >>> obs = torch.arange(5.)
+            >>> obs = torch.arange(5.).unsqueeze(-1).expand(5, 16)  # 64 bytes per step
             >>> _ = rb.extend(TensorDict({"observation": obs[:4], ("next", "observation"): obs[1:]}, [4]))
-            >>> rb.steps(slice(0, 4))["observation"]
+            >>> rb.steps(slice(0, 4))["observation"][:, 0]
             tensor([0., 1., 2., 3.])
             >>> "observation" in rb.storage.get(slice(0, 4)).keys()  # stored once, under "next"
             False
