@@ -806,16 +806,27 @@ def verify_manifest(folder: str | Path, error: type[Exception] = ReplayLoadError
         raise error(f"{path}: missing (the folder was not written completely).") from None
     except (ValueError, KeyError, TypeError) as err:
         raise error(f"{path}: unreadable ({type(err).__name__}: {err}).") from None
-    for rel, (size, crc) in files.items():
+    stats = []
+    for rel, (size, _) in files.items():
         file = folder / rel
         if not file.is_file():
             raise error(f"{file}: missing.")
-        actual = file.stat().st_size
-        if actual != size:
-            raise error(f"{file}: truncated or altered ({actual:,} bytes, {size:,} written).")
-        if file_digest(file)[1] != crc:
-            raise error(f"{file}: corrupted (CRC-32 differs from the one written).")
+        stat = file.stat()
+        if stat.st_size != size:
+            raise error(f"{file}: truncated or altered ({stat.st_size:,} bytes, {size:,} written).")
+        stats.append((rel, stat.st_size, stat.st_mtime_ns))
+    # a folder checked once is not read again while no file changed (a resume checks twice)
+    seen = (str(folder.resolve()), path.stat().st_mtime_ns, tuple(stats))
+    if seen in _VERIFIED:
+        return manifest
+    for rel, (_, crc) in files.items():
+        if file_digest(folder / rel)[1] != crc:
+            raise error(f"{folder / rel}: corrupted (CRC-32 differs from the one written).")
+    _VERIFIED.add(seen)
     return manifest
+
+
+_VERIFIED: set[tuple] = set()
 
 
 def save_replay_buffer(rb: SequenceReplayBuffer, path: str | Path) -> Path:

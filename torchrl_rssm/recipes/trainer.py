@@ -58,7 +58,7 @@ from ..envs import make_env
 from ..objectives import NonFiniteInputError
 from .agent import Agent
 from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
-                         saved_config, set_rng_state, write_checkpoint)
+                         resume_checkpoint, saved_config, set_rng_state, write_checkpoint)
 from .config import AGENTS, RunConfig
 from .tensorboard import RSSMTensorboardLogger
 
@@ -646,7 +646,9 @@ class Trainer:
         return path
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_dir / "state.pt", map_location=self.device, weights_only=False)
+        # the newest checkpoint that passes every check (else the previous one, with a warning)
+        folder, state = resume_checkpoint(self.logdir, algo=self.cfg.algo, map_location=self.device,
+                                          replay=self._restore_buffer)
         keys = state.get("agent_keys") or [k for k in state if k not in _CORE_KEYS]
         self.agent.load_state_dict({k: state[k] for k in keys})
         self.counters.update(state["counters"])
@@ -655,7 +657,7 @@ class Trainer:
         set_rng_state(state["rng"])
         if not self._restore_buffer:
             return
-        self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
+        self.buffer = load_replay_buffer(folder / "replay", self.buffer)
         if len(self.buffer):  # else at the first write, when the row layout is known
             self._buffer_reported = True
             _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
