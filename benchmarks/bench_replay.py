@@ -87,7 +87,7 @@ def main() -> None:
     n_episodes = 6 if args.quick else 60  # full: 30k pixel steps (ours 0.4 GB, TorchRL's 0.7 GB)
     g = torch.Generator().manual_seed(0)
     rows = []
-    kw = dict(device=device, storage_device="cpu")
+    kw = {"device": device, "storage_device": "cpu"}
     for pixels in (True, False):
         eps = [episode(T, pixels, 5, g) for _ in range(n_episodes)]
         capacity = T * n_episodes
@@ -106,10 +106,11 @@ def main() -> None:
             ours_w, plain_w = make_replay_buffer(capacity, B, L, **kw), plain_buffer(capacity, B, L, device)
             fill(ours_w, plain_w, eps[:1])
             new = eps[1]
-            ids = torch.full((T,), 1)
-            rows.append(row(f"replay extend pixels 64x64 T={T}", median_ms(lambda: ours_w.extend(new), 1, repeats),
-                            median_ms(lambda: plain_w.extend(new.clone(False).set("episode", ids)), 1, repeats),
-                            device, {"capacity": capacity, "episode_steps": T},
+            labelled = new.clone(False).set("episode", torch.full((T,), 1))
+            ours_ms = median_ms(lambda rb=ours_w, d=new: rb.extend(d), 1, repeats)
+            plain_ms = median_ms(lambda rb=plain_w, d=labelled: rb.extend(d), 1, repeats)
+            rows.append(row(f"replay extend pixels 64x64 T={T}", ours_ms, plain_ms, device,
+                            {"capacity": capacity, "episode_steps": T},
                             "ours compares each root observation with the previous next observation"))
     # the cross-episodes buffer over short episodes (DreamerV3's replay)
     short = 5

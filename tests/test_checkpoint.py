@@ -92,7 +92,7 @@ def test_truncated_replay_file_falls_back_and_nothing_stored_is_lost(tmp_path):
     files = [p for p in (tmp_path / CHECKPOINT_DIR / "replay" / "data").rglob("*") if p.is_file()]
     _truncate(max(files, key=lambda p: p.stat().st_size), keep=0.3)
     with pytest.warns(RuntimeWarning, match=r"replay/data/.*truncated.*1 episodes, 5 updates"):
-        folder, state = resume_checkpoint(tmp_path, algo="planet")
+        folder, _ = resume_checkpoint(tmp_path, algo="planet")
     assert folder.name == PREVIOUS_DIR
     rb = make_replay_buffer(200, batch_size=2, chunk_length=4)
     load_replay_buffer(folder / "replay", rb)

@@ -135,13 +135,16 @@ class _FlagRows:
     def __init__(self, storage, keys: Sequence[NestedKey]):
         self._storage = storage
         self._keys = keys
+        self.last = None  # the flags read last (the sampler reads them once per sample)
 
     def __getitem__(self, index):
         data = getattr(self._storage, "_storage", None)
         if not isinstance(data, TensorDictBase):
-            return self._storage[index]
-        present = set(data.keys(True, True))
-        return data.select(*[k for k in self._keys if k in present])[index]
+            self.last = self._storage[index]
+        else:
+            present = set(data.keys(True, True))
+            self.last = data.select(*[k for k in self._keys if k in present])[index]
+        return self.last
 
     def __getattr__(self, name):
         return getattr(self._storage, name)
@@ -164,8 +167,8 @@ class ChunkSliceSampler(SliceSampler):
                      self.truncated_key]
         flags = _FlagRows(storage, [unravel_key(k) for k in keys])
         index, info = super()._finalize_index(storage=flags, **kwargs)
-        if self.truncated_key is not None and self.truncated_key in info:
-            stored = flags[index].get(self.truncated_key, None)
+        if self.truncated_key is not None and self.truncated_key in info and flags.last is not None:
+            stored = flags.last.get(self.truncated_key, None)
             if stored is not None:
                 info[self.truncated_key] = info[self.truncated_key] | stored.reshape(info[self.truncated_key].shape)
         return index, info
@@ -463,7 +466,8 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
     def _rebuild(self, data: TensorDictBase, rows: torch.Tensor) -> TensorDictBase:
         """Puts the root entries back into rows gathered from storage (``rows``: their indices)."""
         slots = data.get(_ROOT_SLOT_KEY, None)
-        data = data.exclude(_META)
+        if _META in data.keys():
+            data = data.exclude(_META)
         if slots is None or not self.root_keys:
             return data
         capacity = self.storage.max_size
@@ -707,7 +711,7 @@ def make_replay_buffer(
         if dequantize_bits > 8:
             raise ValueError(f"make_replay_buffer: dequantize_bits must be in [1, 8] or None, got {dequantize_bits}.")
     if not isinstance(cross_episodes, bool):
-        raise ValueError(f"make_replay_buffer: cross_episodes must be a bool, got {cross_episodes!r}.")
+        raise TypeError(f"make_replay_buffer: cross_episodes must be a bool, got {cross_episodes!r}.")
     device = torch.device(device)
     storage_device = device if storage_device is None else torch.device(storage_device)
     if memmap_dir is not None:
