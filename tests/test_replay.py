@@ -515,3 +515,32 @@ def test_truncated_or_corrupted_replay_file_is_a_clear_error(tmp_path):
     (tmp_path / "r" / "manifest.json").unlink()  # a save killed before its last file
     with pytest.raises(ReplayLoadError, match="manifest.json: missing"):
         load_replay_buffer(tmp_path / "r")
+
+
+def test_cross_episodes_stream_wrapping_at_capacity_never_joins_newest_to_oldest():
+    """One environment's stream overwrites the ring: chunks stay consecutive, observations exact."""
+    rb = make_replay_buffer(30, batch_size=20, chunk_length=6, dequantize_bits=None, cross_episodes=True)
+    n = 0
+    for k in range(20):
+        length = (1, 3, 2, 5)[k % 4]
+        t = torch.arange(n, n + length)
+        root = (t % 256).to(torch.uint8)
+        root[0] = 255 - root[0]  # the reset observation is not the previous step's next one
+        rb.extend(TensorDict({
+            "obs": t.float(), "pixels": root.view(-1, 1, 1, 1).expand(length, *PIX).clone(),
+            ("next", "pixels"): ((t + 1) % 256).to(torch.uint8).view(-1, 1, 1, 1).expand(length, *PIX).clone(),
+            ("next", "terminated"): (torch.arange(length) == length - 1).unsqueeze(-1)}, [length]))
+        n += length
+        if len(rb) < 6:
+            continue
+        for _ in range(3):
+            batch = rb.sample()
+            step = batch["obs"].long()
+            assert (step.diff(dim=1) == 1).all()  # never across the write cursor
+            start = batch["is_init"].squeeze(-1) & (step > 0)
+            expect = torch.where(start, 255 - step % 256, step % 256)
+            inner = torch.ones_like(start)
+            inner[:, 0] = False  # a chunk's first step is marked is_init whether or not an episode starts
+            assert (batch["pixels"][..., 0, 0, 0].long()[inner] == expect[inner]).all()
+            assert (batch["next", "pixels"][..., 0, 0, 0].long() == (step + 1) % 256).all()
+    assert len(rb) == 30 and int((rb._root_owner >= 0).sum()) <= 30

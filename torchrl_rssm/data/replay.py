@@ -455,6 +455,27 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         ids = stored.get(self.traj_key)[: len(self)].reshape(-1)
         return torch.unique(ids, return_counts=True)[1]
 
+    def can_sample(self) -> bool:
+        """Whether a chunk fits: some stored episode (``cross_episodes``: stream piece) has
+        ``chunk_length`` steps.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> one_step = TensorDict({"obs": torch.zeros(6), ("next", "done"): torch.ones(6, 1, dtype=torch.bool)}, [6])
+            >>> per_episode = make_replay_buffer(50, batch_size=1, chunk_length=4)
+            >>> stream = make_replay_buffer(50, batch_size=1, chunk_length=4, cross_episodes=True)
+            >>> _ = per_episode.extend(one_step), stream.extend(one_step)
+            >>> per_episode.can_sample(), stream.can_sample()
+            (False, True)
+        """
+        stored = self._storage_td()
+        if stored is None:
+            return False
+        key = _STREAM_KEY if self.cross_episodes else self.traj_key
+        ids = stored.get(key)[: len(self)].reshape(-1)
+        return bool(torch.unique(ids, return_counts=True)[1].max() >= self.chunk_length)
+
     def add(self, data: TensorDictBase) -> int:
         """Adds one step (a tensordict with empty batch size); returns its storage index."""
         if not isinstance(data, TensorDictBase):
