@@ -172,3 +172,19 @@ def test_trainer_resumes_from_previous_checkpoint_when_state_pt_is_truncated(tmp
                                         video_every=0), resume=True)
     assert resumed.counters == previous
     assert len(resumed.buffer) == previous["episodes"] * cfg.max_episode_steps
+
+
+def test_cli_resume_with_every_checkpoint_broken_is_one_line_exit_2(tmp_path, capsys):
+    from torchrl_rssm.cli import main
+
+    logdir = str(tmp_path / "run")
+    args = ["train", "--preset", "tiny", "--logdir", logdir, "--no-progress", "--set", "test_every=0",
+            "--set", "video_every=0"]
+    assert main(args) == 0
+    for folder in (CHECKPOINT_DIR, PREVIOUS_DIR):
+        _truncate(Path(logdir) / folder / "state.pt", keep=0.2)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint/state.pt: truncated" in err[0], err
+    assert "1 older checkpoint(s) failed too" in err[0]

@@ -119,7 +119,7 @@ DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = (
 )
 
 
-class ReplayLoadError(RuntimeError):
+class ReplayLoadError(ValueError):
     """A saved replay buffer could not be read (missing, truncated or corrupted file)."""
 
 

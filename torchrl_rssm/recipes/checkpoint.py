@@ -55,7 +55,7 @@ class ConfigMismatchError(ValueError):
     """A checkpoint was written with a different configuration."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint cannot be used: a file is missing, truncated or corrupted, or it was written
     by another agent or checkpoint format. The message is one line naming the file."""
 
