@@ -141,6 +141,12 @@ def test_rng_states_torch_numpy_python_and_named_generators():
     rb = make_replay_buffer(10, batch_size=1, chunk_length=2, generator=torch.Generator().manual_seed(4))
     generators = find_generators(agent=module, buffer=rb)
     assert set(generators) == {"agent.0.noise", "buffer._rng"}  # the buffer's is its sampler's
+
+    class Agent:  # not a module itself: holds modules (world model, policy)
+        def __init__(self):
+            self.policy = module
+
+    assert set(find_generators(agent=Agent())) == {"agent.policy.0.noise"}
     state = get_rng_state(generators)
 
     def draw():

@@ -64,8 +64,9 @@ class CheckpointError(ValueError):
 def find_generators(**objects: Any) -> dict[str, torch.Generator]:
     """The ``torch.Generator`` objects held by ``objects`` (modules, samplers, buffers), by name.
 
-    Looks at each object's attributes, the attributes of an ``nn.Module``'s submodules, and
-    a replay buffer's sampler (``_rng``). Names are ``"<keyword>.<path>"``.
+    Looks at each object's attributes, the attributes of every ``nn.Module`` it is or holds
+    (and their submodules), and a replay buffer's sampler (``_rng``). Names are
+    ``"<keyword>.<path>"``; a generator held twice is named once.
 
     Examples:
         >>> g = torch.Generator().manual_seed(0)
@@ -81,6 +82,10 @@ def find_generators(**objects: Any) -> dict[str, torch.Generator]:
             if isinstance(value, torch.Generator) and all(value is not g for g in found.values()):
                 found[f"{prefix}.{attr}"] = value  # a generator shared by two holders is named once
 
+    def scan_module(prefix: str, module: torch.nn.Module) -> None:
+        for sub_name, sub in module.named_modules():
+            scan(f"{prefix}.{sub_name}" if sub_name else prefix, sub)
+
     for name, obj in objects.items():
         if obj is None:
             continue
@@ -88,10 +93,12 @@ def find_generators(**objects: Any) -> dict[str, torch.Generator]:
             found[name] = obj
             continue
         if isinstance(obj, torch.nn.Module):
-            for sub_name, module in obj.named_modules():
-                scan(f"{name}.{sub_name}" if sub_name else name, module)
+            scan_module(name, obj)
             continue
         scan(name, obj)
+        for attr, value in vars(obj).items() if hasattr(obj, "__dict__") else ():
+            if isinstance(value, torch.nn.Module):  # e.g. an agent's world model and policy
+                scan_module(f"{name}.{attr}", value)
         sampler = getattr(obj, "sampler", None)
         if sampler is not None:
             scan(f"{name}.sampler", sampler)
