@@ -6,6 +6,8 @@ from .heads import RewardModel, ValueModel
 from .imagination import FastRSSMReturns, imagine
 from .rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from .world_model import RSSMWorldModel, make_world_model
+from .heads_v3 import (DreamerV3BoundedNormalActor, DreamerV3ContinuationHead, DreamerV3DiscreteActor,
+                       DreamerV3RewardHead, DreamerV3TwoHotHead, DreamerV3ValueHead)
 from .layers_v3 import DreamerV3ImageDecoder, DreamerV3ImageEncoder, DreamerV3MLP, DreamerV3VectorEncoder
 from .rssm_v3 import (RSSMPosteriorV3, RSSMPriorV3, RSSMRolloutV3, filter_step, imagine_step,
                       straight_through_categorical, unimix_probs)
@@ -22,7 +24,9 @@ __all__ = [
     "StraightThroughOneHotCategorical", "ValueModel", "imagine", "make_dreamer_actor", "make_value_model",
     "make_world_model", "pixels_to_model", "tanh_normal_sampler",
     # DreamerV3
-    "DreamerV3ImageDecoder", "DreamerV3ImageEncoder", "DreamerV3MLP", "DreamerV3VectorEncoder",
+    "DreamerV3BoundedNormalActor", "DreamerV3ContinuationHead", "DreamerV3DiscreteActor", "DreamerV3ImageDecoder",
+    "DreamerV3ImageEncoder", "DreamerV3MLP", "DreamerV3RewardHead", "DreamerV3TwoHotHead", "DreamerV3ValueHead",
+    "DreamerV3VectorEncoder",
     "RSSMPosteriorV3", "RSSMPriorV3", "RSSMRolloutV3", "SymExpTwoHot", "filter_step", "imagine_step",
     "straight_through_categorical", "symexp", "symexp_bins", "symlog", "two_hot_cross_entropy",
     "two_hot_decode", "two_hot_encode", "unimix_probs",
