@@ -99,7 +99,7 @@ def test_inverse_cdf_sampling_picks_the_class_whose_interval_holds_the_uniform()
 
 
 def test_prior_and_posterior_samples_follow_the_unimix_probabilities():
-    prior, post = make_pair(unimix=0.5)
+    _prior, post = make_pair(unimix=0.5)
     torch.manual_seed(0)
     belief, emb = torch.randn(4000, D), torch.randn(1, E).expand(4000, E)
     logits, state = post(belief[:1].expand(4000, D), emb)

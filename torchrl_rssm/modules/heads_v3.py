@@ -13,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tensordict.nn import (InteractionType, ProbabilisticTensorDictModule, ProbabilisticTensorDictSequential,
-                           TensorDictModule)
+from tensordict.nn import (
+    InteractionType,
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+)
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.modules.distributions import OneHotCategorical, TruncatedNormal
