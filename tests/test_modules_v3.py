@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import pickle
 
 import pytest
 import torch
@@ -393,3 +394,35 @@ def test_bad_input_is_named():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.slow
+def test_compiled_step_core_gives_the_eager_rollout():
+    prior, post = make_pair("block_gru", unimix=0.01)
+    rollout = RSSMRolloutV3(prior, post)
+    td = sequence(batch=(2,), T=3)
+    td["is_init"][:, 1] = True
+    uniform = torch.rand(3, 2, 2, C)
+    eager = rollout.observe(td["next", "encoded_latents"], td["action"], td["is_init"], uniform=uniform)
+    rollout.compile_rollout("step")
+    compiled = rollout.observe(td["next", "encoded_latents"], td["action"], td["is_init"], uniform=uniform)
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-5)
+    copy = pickle.loads(pickle.dumps(rollout))  # a compiled step does not pickle: the copy is eager
+    assert copy._filter_step is rssm_v3.filter_step
+    with pytest.raises(ValueError, match="unroll only applies when scope='scan'"):
+        rollout.compile_rollout("step", unroll=2)
+
+
+def test_torchrl_state_estimator_runs_on_our_prior_and_posterior():
+    prior, post = make_pair("block_gru")
+    estimator = trl.RSSMStateEstimatorV3(prior, post)
+    td = TensorDict({"state": torch.randn(4, C * K), "belief": torch.randn(4, D), "previous_action": torch.randn(4, A),
+                     "encoded_latents": torch.randn(4, E), "is_init": torch.tensor([True, False, True, False])}, [4])
+    out = estimator(td.clone())
+    # a reset row is the transition from the zero latent and zero action, then the posterior
+    belief = prior.transition(torch.zeros(C * K), torch.zeros(D), torch.zeros(A))
+    torch.testing.assert_close(out["belief"][0], belief)
+    torch.testing.assert_close(out["belief"][1], prior.transition(td["state"][1], td["belief"][1],
+                                                                  td["previous_action"][1]))
+    assert torch.equal(out["state"].reshape(4, C, K).sum(-1), torch.ones(4, C))
