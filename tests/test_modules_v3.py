@@ -426,3 +426,20 @@ def test_torchrl_state_estimator_runs_on_our_prior_and_posterior():
     torch.testing.assert_close(out["belief"][1], prior.transition(td["state"][1], td["belief"][1],
                                                                   td["previous_action"][1]))
     assert torch.equal(out["state"].reshape(4, C, K).sum(-1), torch.ones(4, C))
+
+
+def test_dense_and_blocked_block_gru_layouts_compute_the_same(monkeypatch):
+    prior, _ = make_pair("block_gru")
+    state, belief, action = torch.randn(2, 3, C * K), torch.randn(2, 3, D), torch.randn(2, 3, A)
+    weights, act_in = prior.project_action(action)
+    assert weights[0] == "dense"  # D = 8 is small
+    dense = prior.transition_projected(state, belief, act_in, weights)
+    monkeypatch.setattr(rssm_v3, "DENSE_MAX_BELIEF", 0)
+    weights, act_in = prior.project_action(action)
+    assert weights[0] == "block"
+    torch.testing.assert_close(prior.transition_projected(state, belief, act_in, weights), dense)
+    # and TorchRL's core on the same weights, for the blocked layout too
+    theirs = trl.RSSMPriorV3(action_shape=(A,), hidden_dim=H, rnn_hidden_dim=D, num_categoricals=C, num_classes=K,
+                             action_dim=A, recurrent_model="block_gru", num_blocks=2)
+    theirs.load_state_dict(prior.state_dict())
+    torch.testing.assert_close(prior.transition(state, belief, action), theirs._update_belief(state, belief, action))

@@ -42,6 +42,10 @@ __all__ = ["RSSMPosteriorV3", "RSSMPriorV3", "RSSMRolloutV3", "filter_step", "im
 
 Latent = dict[str, torch.Tensor]
 
+# Below this belief size the block GRU steps on dense (block-diagonal) weights: a few larger matmuls
+# cost less than many tiny ones there; above it, the blocks save G times the arithmetic.
+DENSE_MAX_BELIEF = 64
+
 
 def _check_unimix(unimix: float) -> float:
     if not 0 <= unimix < 1:
@@ -154,23 +158,36 @@ class _BlockGRU(nn.Module):
         # shared inputs: [2H or H, G * D/G] so that one matmul serves every block
         return w_belief, w_feat.transpose(0, 1).flatten(1), w_action.transpose(0, 1).flatten(1)
 
-    def project_action(self, action: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``(weights, act_in)``: the action's share of the first block layer (its bias included), ``[..., D]``."""
+    def project_action(self, action: torch.Tensor) -> tuple[tuple, torch.Tensor]:
+        """``(weights, act_in)``: the action's share of the first block layer (its bias included), ``[..., D]``.
+
+        ``weights`` are the recurrent weights as :meth:`step` uses them, prepared once per
+        loop: for a small belief (``<= DENSE_MAX_BELIEF``) the block-diagonal matrices are
+        laid out densely, so that a step is a few large matmuls instead of many tiny ones
+        (the per-op overhead dominates there); otherwise they stay in blocks.
+        """
         w_belief, w_feat, w_action = self._first_weights()
         # actions are scaled into [-1, 1] by their own magnitude (no gradient through the scale)
         action = action / action.detach().abs().clamp_min(1)
         act_in = self.action_projection(action) @ w_action.to(action.dtype) + self.hidden_layers[0].bias
-        return (w_belief, w_feat), act_in
+        if self.belief_dim <= DENSE_MAX_BELIEF:
+            w_first = torch.cat([torch.block_diag(*w_belief.unbind(0)), w_feat], 0)  # [D + 2H, D]
+            return ("dense", w_first, torch.block_diag(*self.gates.weight.unbind(0))), act_in  # gates [D, 3D]
+        return ("block", w_belief, w_feat), act_in
 
     def step(self, state: torch.Tensor, belief: torch.Tensor, act_in: torch.Tensor, weights) -> torch.Tensor:
-        w_belief, w_feat = weights
+        layout, w_first, w_other = weights
         G = self.num_blocks
         feat = torch.cat([self.belief_projection(belief), self.state_projection(state)], -1)
-        x = torch.einsum("...gi,gio->...go", belief.unflatten(-1, (G, -1)), w_belief).flatten(-2)
-        x = x + feat @ w_feat + act_in
+        if layout == "dense":
+            x = torch.cat([belief, feat], -1) @ w_first + act_in
+        else:
+            x = torch.einsum("...gi,gio->...go", belief.unflatten(-1, (G, -1)), w_first).flatten(-2)
+            x = x + feat @ w_other + act_in
         for layer in self.hidden_layers[1:]:
             x = layer(x)
-        reset, cand, update = self.gates(x).unflatten(-1, (G, 3, -1)).unbind(-2)
+        gates = x @ w_other + self.gates.bias if layout == "dense" else self.gates(x)
+        reset, cand, update = gates.unflatten(-1, (G, 3, -1)).unbind(-2)
         reset = torch.sigmoid(reset.flatten(-2))
         cand = torch.tanh(reset * cand.flatten(-2))
         update = torch.sigmoid(update.flatten(-2) - 1.0)
