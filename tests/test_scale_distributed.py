@@ -1,4 +1,4 @@
-"""Scale (issue 11): DDP over the agent's updates on 2 CPU processes (gloo), mismatched configs."""
+"""torchrun scale-out: gradients averaged over 2 CPU processes (gloo), weights broadcast, mismatched configs."""
 from __future__ import annotations
 
 import gc
@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from torchrl_rssm.envs import make_env
 from torchrl_rssm.recipes import preset
-from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, check_same_config, config_hash,
-                                              rank_config, wrap_ddp)
+from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, broadcast_parameters,
+                                              check_same_config, config_hash, rank_config)
 from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length
@@ -38,9 +38,9 @@ def _params(agent) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.detach().clone() for n, net in nets.items() for k, v in net.state_dict().items()}
 
 
-def _agent_and_batch(cfg):
+def _agent_and_batch(cfg, seed: int = 0):
     """The same initial agent and the same [2B, L] batch in every process (fixed seeds)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat, max_episode_steps=20, seed=0)
     agent = agent_class(cfg.algo)(cfg, env, torch.device("cpu"))
     env.append_transform(agent.make_tensordict_primer())
@@ -66,7 +66,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: st
         # DDP's reducer must not outlive the process group's Python handle: destroyed last, it frees
         # the gloo group while holding the GIL, and deadlocks against gloo's worker thread (which needs
         # the GIL to free its last work item; pytorch#56297). Seen here in 2 of 7 runs; see
-        # torchrl_rssm.recipes.distributed.main, which does the same.
+        # torchrl_rssm.cli's train under torchrun, which does the same.
         gc.collect()
     finally:
         dist.destroy_process_group()
@@ -76,18 +76,22 @@ def _rank_work(rank: int, out_dir: str, preset_name: str) -> None:
     # 1. mismatched configurations: a clear error on every rank, naming the field
     bad = _cfg()
     if rank == 1:
-        bad.lr = 0.5
+        bad.model_lr = 0.5
     try:
         check_same_config(bad)
         result = "no error"
     except ConfigMismatchAcrossRanksError as err:
         result = str(err)
     torch.save(result, Path(out_dir) / f"mismatch{rank}.pt")
-    # 2. one DDP update on this rank's half of the batch
+    # 2. agents built from different seeds hold rank 0's weights after the broadcast
     cfg = _cfg(preset_name)
     check_same_config(cfg)
+    torch.manual_seed(rank)
+    other, _ = _agent_and_batch(cfg, seed=rank)
+    broadcast_parameters(other.networks().values())
+    torch.save(_params(other), Path(out_dir) / f"broadcast{rank}.pt")
+    # 3. one update on this rank's half of the batch: the agent averages its gradients over the ranks
     agent, batch = _agent_and_batch(cfg)
-    wrap_ddp(agent)
     _mean_latents()
     agent.update(batch[rank * B:(rank + 1) * B])
     torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
@@ -108,11 +112,16 @@ def _spawn_with_deadline(fn, args: tuple, nprocs: int, deadline_s: float = SPAWN
 
 @pytest.mark.parametrize("preset_name", ["tiny", "dreamer-tiny"])
 def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path, preset_name):
-    """PlaNet: DDP around RSSMLoss; Dreamer: one gradient all-reduce per network (model, actor, value)."""
+    """Every agent averages its gradients through ``clip_gradients``: PlaNet's one network, Dreamer's three."""
     _spawn_with_deadline(_worker, (2, str(tmp_path / "init"), str(tmp_path), preset_name), nprocs=2)
     for rank in range(2):
         message = torch.load(tmp_path / f"mismatch{rank}.pt")
-        assert "different configurations" in message and "'lr'" in message and "0.5" in message
+        assert "different configurations" in message and "'model_lr'" in message and "0.5" in message
+    broadcast = [torch.load(tmp_path / f"broadcast{r}.pt") for r in range(2)]
+    fresh, _ = _agent_and_batch(_cfg(preset_name), seed=1)
+    assert any(not torch.equal(v, broadcast[0][k]) for k, v in _params(fresh).items())  # seeds 0 and 1 differ
+    for key, value in broadcast[0].items():
+        assert torch.equal(broadcast[1][key], value), key  # rank 1 now holds rank 0's
     ranks = [torch.load(tmp_path / f"params{r}.pt") for r in range(2)]
     agent, batch = _agent_and_batch(_cfg(preset_name))
     randn, randn_like = torch.randn, torch.randn_like

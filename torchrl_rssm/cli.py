@@ -160,14 +160,15 @@ _FLAG_FIELDS = ("algo", "env", "from_pixels", "device", "seed", "logdir", "episo
 
 
 def next_free_logdir(logdir: str) -> str:
-    """``logdir`` if no run holds it yet, else the first free ``<logdir>-2``, ``<logdir>-3``, ...
+    """``logdir`` if it is missing or empty, else the first such ``<logdir>-2``, ``<logdir>-3``, ...
 
     Examples:
         >>> import tempfile
         >>> root = tempfile.mkdtemp()
         >>> next_free_logdir(f"{root}/run") == f"{root}/run"
         True
-        >>> Path(f"{root}/run").mkdir(); next_free_logdir(f"{root}/run") == f"{root}/run-2"
+        >>> Path(f"{root}/run").mkdir(); Path(f"{root}/run/config.json").touch()  # a run is there
+        >>> next_free_logdir(f"{root}/run") == f"{root}/run-2"
         True
     """
     candidate, n = logdir, 1

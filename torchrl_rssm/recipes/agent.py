@@ -201,4 +201,4 @@ def plot_open_loop(truth: torch.Tensor, prediction: torch.Tensor, context: int, 
         for series, colour in ((truth[:, k], (235, 235, 235)), (prediction[:, k], (255, 150, 40))):
             draw.line([(x_of(t), y_of(float(v))) for t, v in enumerate(series)], fill=colour, width=1)
         draw.text((4, y0 + panel_h // 2 - 6), f"obs[{k}]", fill=(200, 200, 200))
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()

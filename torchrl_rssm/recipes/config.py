@@ -411,7 +411,8 @@ def _parse_value(text: str, current: Any, name: str) -> Any:
 
 def _unknown_field(key: str, item: str, names: set[str]) -> ValueError:
     hint = difflib.get_close_matches(key, sorted(names), n=1)
-    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    parts = sorted(n for n in names if key in n.split("_"))  # "lr": model_lr, actor_lr, value_lr
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else f" Did you mean one of {parts}?" if parts else ""
     return ValueError(f"Override {item!r}: unknown field {key!r}.{suggestion} Fields: {sorted(names)}.")
 
 

@@ -33,6 +33,7 @@ def evaluate(trainer: Trainer, episodes: int = 5, video: str | Path | None = Non
     with bar:
         rollout = trainer.rollout_test(episodes, from_pixels=True if want_pixels else None,
                                        pixels_only=not want_pixels, callback=lambda env, td: bar.update())
+        bar.update(bar.total - bar.n)  # TorchRL calls back between steps: not after the last
     returns = first_episode_returns(rollout).reshape(-1)
     result = {"episodes": episodes, "mean_return": float(returns.mean()),
               "returns": [round(float(r), 2) for r in returns], "env_steps": trainer.counters["env_steps"]}
