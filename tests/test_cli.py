@@ -218,3 +218,25 @@ def test_progress_bar_ends_with_the_last_loss_and_eval_reports_progress(tmp_path
     assert json.loads(out)["episodes"] == 2
     assert "2 test episodes" in err and "20/20" in err  # a progress bar over the episodes' steps
     assert "XDG_RUNTIME_DIR" not in err
+
+
+def test_gym_run_evaluates_with_a_video_and_no_display_noise(tmp_path):
+    """Headless, Gymnasium renders through pygame: no "XDG_RUNTIME_DIR is invalid" from SDL's Wayland probe."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "SDL_VIDEODRIVER")}
+    run = [sys.executable, "-m", "torchrl_rssm.cli"]
+    logdir = str(tmp_path / "run")
+    train = subprocess.run([*run, "train", "--preset", "tiny", "--env", "gym:Pendulum-v1", "--logdir", logdir,
+                            "--set", "max_episode_steps=20", "--set", "video_every=0", "--set", "test_every=0",
+                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    gif = tmp_path / "eval.gif"
+    ev = subprocess.run([*run, "eval", "--checkpoint", logdir, "--episodes", "2", "--video", str(gif)], env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert gif.read_bytes()[:6] == b"GIF89a"
+    assert "XDG_RUNTIME_DIR" not in ev.stderr + train.stderr and "error" not in ev.stderr.lower()

@@ -294,3 +294,52 @@ def test_returns_count_one_episode_on_tasks_that_end_early(tmp_path):
     batch = rollout[0]
     lengths = torch.diff(torch.cat([torch.tensor([-1]), torch.nonzero(done[0]).squeeze(-1)]))
     torch.testing.assert_close(finished_episode_returns(batch), lengths.float())
+
+
+def _drift_env(seed):
+    """An environment built in code (a module-level function: picklable)."""
+    from torchrl_rssm.envs import make_env
+
+    return make_env("gym:Pendulum-v1", from_pixels=False, max_episode_steps=20, seed=seed)
+
+
+def test_trainer_runs_an_environment_built_in_code(tmp_path):
+    from torchrl_rssm.recipes import Trainer
+
+    seeds = []
+
+    def env_fn(seed):
+        seeds.append(seed)
+        return _drift_env(seed)
+
+    cfg = tiny(tmp_path, env="my-pendulum", video_every=1, test_episodes=2)  # cfg.env only names the run
+    trainer = Trainer(cfg, env_fn=env_fn)
+    result = trainer.train()
+    assert (result["seed_episodes"], result["episodes"], result["env_steps"]) == (2, 1, 60)
+    assert seeds[0] == cfg.seed and len(seeds) >= 1 + 2  # the training env, then each test batch's envs
+    assert trainer.env.observation_spec["observation"].shape == (3,)  # Pendulum's, not cartpole's
+    with pytest.raises(TypeError, match="expected a TorchRL environment"):
+        Trainer(tiny(tmp_path / "bad"), env_fn=lambda seed: "not an env")
+
+
+def test_state_run_logs_labelled_pictures_into_one_run_folder_and_keeps_the_rng(tmp_path):
+    from PIL import Image
+
+    cfg = tiny(tmp_path, video_every=1, episodes=0, test_every=0)
+    trainer = Trainer(cfg)
+    trainer.train()
+    rng = torch.get_rng_state()
+    trainer.log_predictions()
+    assert torch.equal(torch.get_rng_state(), rng)  # pictures draw no numbers from the run's stream
+    trainer.logger.experiment.flush()
+    acc, tags = _tags(cfg.logdir)
+    assert "model/open_loop_prediction" in tags["images"]
+    encoded = acc.Images("model/open_loop_prediction")[-1].encoded_image_string
+    import io
+
+    import numpy as np
+    image = torch.from_numpy(np.array(Image.open(io.BytesIO(encoded)).convert("RGB"))).reshape(-1, 3).float()
+    assert image.std(0).sum() > 0 and (image[:, 0] != image[:, 2]).any()  # coloured lines, not a grey map
+    # the hparams live in the run itself: no extra timestamped folder beside it
+    assert [p.name for p in Path(cfg.logdir).iterdir() if p.is_dir()] == ["checkpoint"]
+    assert acc.PluginTagToContent("hparams")

@@ -37,8 +37,10 @@ MAIN_PARAM_SUM = -9.94753481351654
 MAIN_ACTION_SUM = 5.405802495777607
 
 
-def test_default_layout_reproduces_the_run_before_scale(tmp_path):
-    trainer = Trainer(tiny(tmp_path))
+@pytest.mark.parametrize("video_every", [0, 1])
+def test_default_layout_reproduces_the_run_before_scale(tmp_path, video_every):
+    """Also with pictures after every episode: logging them draws on a copy of the RNG states."""
+    trainer = Trainer(tiny(tmp_path, video_every=video_every))
     out = trainer.train()
     assert {k: out[k] for k in MAIN_COUNTERS} == MAIN_COUNTERS
     assert out["test_return"] == pytest.approx(MAIN_TEST_RETURN, abs=1e-6)

@@ -282,8 +282,10 @@ def _presets() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "SDL_AUDIODRIVER" not in os.environ:  # pygame (Gymnasium's renderers) looks for a sound card otherwise
-        os.environ["SDL_AUDIODRIVER"] = "dummy"
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # headless: Gymnasium renders rgb_array frames through pygame, whose SDL would probe Wayland
+        # and print "error: XDG_RUNTIME_DIR is invalid or not set" (the frames need no display)
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     args = _parser(_chosen_preset(argv)).parse_args(argv)
     setup_logging()
     try:

@@ -48,7 +48,7 @@ from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find
 from .collection import (TEST_SEED_OFFSET, Collection, EnvFactory, WorkerFailure, check_layout, keep_num_threads,
                          make_collector, make_test_env)
 from .config import AGENTS, RunConfig
-from .distributed import broadcast_parameters
+from .distributed import broadcast_parameters, is_distributed
 from .tensorboard import RSSMTensorboardLogger
 
 __all__ = ["CHECKPOINT_DIR", "CollectorFailedError", "ConfigMismatchError", "EpisodeTooShortError", "Every",
@@ -211,7 +211,8 @@ class Trainer:
                 f"(action_repeat={self.action_repeat}), fewer than chunk_length={cfg.chunk_length}: no training "
                 f"chunk fits. Set chunk_length <= {self.episode_steps} (--set chunk_length=N) or a longer episode.")
         self.agent = factory(cfg, self.env, self.device)
-        broadcast_parameters(self.agent.networks().values())  # torchrun: every rank starts from rank 0's
+        if is_distributed():  # torchrun: every rank starts from rank 0's weights
+            broadcast_parameters(self.agent.networks().values())
         self.env.append_transform(self.agent.make_tensordict_primer())
         self.make_env = self.make_env.with_primer(self.agent.make_tensordict_primer())
         if not resume and (self.checkpoint_dir / "state.pt").exists():  # every setting is validated by now
@@ -309,8 +310,9 @@ class Trainer:
         bar.set_postfix(shown)
         if not self.cfg.progress and status_line:
             cfg, c = self.cfg, self.counters
-            _say(f"episode {c['episodes']}/{cfg.episodes} (after {c['seed_episodes']} seed episodes)  "
-                 f"env_steps {c['env_steps']}  updates {c['updates']}  "
+            where = f"seed episode {c['seed_episodes']}/{cfg.seed_episodes}" if not c["episodes"] else \
+                f"episode {c['episodes']}/{cfg.episodes} (after {c['seed_episodes']} seed episodes)"
+            _say(f"{where}  env_steps {c['env_steps']}  updates {c['updates']}  "
                  + "  ".join(f"{name} {shown[k]}" for k, name in
                              (("ret", "train_return"), ("test", "test_return"), ("loss", "loss")) if k in shown))
 
