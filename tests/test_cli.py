@@ -115,7 +115,6 @@ def test_resume_keeps_the_runs_settings_and_streams_stay_apart(tmp_path, capsys)
 def test_docstring_examples():
     """The examples in the recipe, replay and CLI docstrings run as written."""
     import doctest
-
     import importlib
 
     names = ["cli", "data.replay", "recipes.agent", "recipes.collection", "recipes.config", "recipes.dreamer",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from run_helpers import preset_config, tensorboard_tags, train_and_kill_after
+
 from torchrl_rssm.cli import _parser, main, train_config
 from torchrl_rssm.policies import DreamerPolicy
 from torchrl_rssm.recipes import Trainer, apply_overrides, preset
@@ -26,7 +26,8 @@ def test_algo_dreamer_picks_the_dreamer_presets():
     assert cfg.algo == "dreamer" and cfg.logdir == preset("dreamer-quick").logdir
     assert cfg.imagination_horizon == 15 and cfg.actor_lr == preset("dreamer-quick").actor_lr
     paper = preset("dreamer-walker-walk")
-    assert (paper.action_repeat, paper.model_lr, paper.actor_lr, paper.value_lr, paper.grad_clip) == (2, 6e-4, 8e-5, 8e-5, 100)
+    assert (paper.action_repeat, paper.model_lr, paper.actor_lr, paper.value_lr, paper.grad_clip) == \
+        (2, 6e-4, 8e-5, 8e-5, 100)
     assert (paper.batch_size, paper.chunk_length, paper.updates_per_episode, paper.seed_episodes) == (50, 50, 100, 5)
 
 
@@ -102,7 +103,8 @@ def test_killed_dreamer_run_resumes_with_its_actor_value_and_optimisers(tmp_path
     cfg.logdir = str(logdir)
     resumed = Trainer(cfg, resume=True)
     assert resumed.counters == saved["counters"] and saved["counters"]["updates"] > 0
-    assert len(resumed.buffer) == (saved["counters"]["seed_episodes"] + saved["counters"]["episodes"]) * cfg.max_episode_steps
+    collected = saved["counters"]["seed_episodes"] + saved["counters"]["episodes"]
+    assert len(resumed.buffer) == collected * cfg.max_episode_steps
     for key, module in (("actor", resumed.agent.actor), ("value", resumed.agent.value),
                         ("world_model", resumed.agent.world_model)):
         for name, tensor in module.state_dict().items():

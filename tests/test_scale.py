@@ -31,7 +31,8 @@ def tiny(tmp_path: Path, **overrides):
 
 # What main gave before the collection layout existed (commit d6acf95, tiny preset from state
 # vectors, one thread): the default layout (num_envs=1, sync, no ratio) must reproduce it exactly.
-MAIN_COUNTERS = {"seed_episodes": 2, "episodes": 1, "env_steps": 480, "updates": 3, "skipped_updates": 0, "dropped_episodes": 0}
+MAIN_COUNTERS = {"seed_episodes": 2, "episodes": 1, "env_steps": 480, "updates": 3, "skipped_updates": 0,
+                 "dropped_episodes": 0}
 MAIN_TEST_RETURN = 2.376392126083374
 MAIN_PARAM_SUM = -9.94753481351654
 MAIN_ACTION_SUM = 5.405802495777607
@@ -245,7 +246,8 @@ def test_distributed_collector_with_two_local_workers_fills_the_buffer(tmp_path)
     trainer = Trainer(cfg)
     out = trainer.train()
     T = trainer.episode_steps
-    assert out["seed_episodes"] + out["episodes"] == 6 and out["updates"] == 3 * 4  # 2 workers x 1 env: 2 episodes per round
+    # 2 workers x 1 env: 2 episodes per round
+    assert out["seed_episodes"] + out["episodes"] == 6 and out["updates"] == 3 * 4
     assert trainer.buffer.episode_lengths().tolist() == [T] * 6  # each worker's episode kept apart
     chunks = trainer.buffer.sample()
     assert all(bool((c["episode"] == c["episode"][0]).all()) for c in chunks)

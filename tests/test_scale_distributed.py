@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,8 +13,13 @@ import torch.multiprocessing as mp
 
 from torchrl_rssm.envs import make_env
 from torchrl_rssm.recipes import preset
-from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, broadcast_parameters,
-                                              check_same_config, config_hash, rank_config)
+from torchrl_rssm.recipes.distributed import (
+    ConfigMismatchAcrossRanksError,
+    broadcast_parameters,
+    check_same_config,
+    config_hash,
+    rank_config,
+)
 from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length
@@ -92,6 +96,7 @@ def _rank_work(rank: int, out_dir: str, preset_name: str) -> None:
     torch.save(_params(other), Path(out_dir) / f"broadcast{rank}.pt")
     # 3. one update on this rank's half of the batch: the agent averages its gradients over the ranks
     agent, batch = _agent_and_batch(cfg)
+    agent.process_group = dist.group.WORLD  # what the trainer sets under torchrun
     _mean_latents()
     agent.update(batch[rank * B:(rank + 1) * B])
     torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
@@ -155,6 +160,6 @@ def test_config_hash_ignores_per_rank_fields_and_rank_config_seeds_apart():
 def test_distributed_docstring_examples():
     import doctest
 
-    import torchrl_rssm.recipes.distributed as distributed
+    from torchrl_rssm.recipes import distributed
 
     assert doctest.testmod(distributed, optionflags=doctest.ELLIPSIS).failed == 0

@@ -21,8 +21,9 @@ answers four things:
 * ``networks()``: the trained modules by name (the default: ``world_model``); under
   ``torchrun`` the core copies rank 0's weights to every rank from them.
 
-Under ``torchrun`` an agent averages its gradients over the ranks by clipping them with
-:func:`clip_gradients` (all-reduce, then clip): one gradient-averaging path for every agent.
+Under ``torchrun`` the core sets the agent's ``process_group``, and the agent averages its
+gradients over it by clipping them with :func:`clip_gradients` (all-reduce, then clip): one
+gradient-averaging path for every agent.
 
 An agent class is built as ``AgentClass(cfg, env, device)`` (``env`` is the training
 environment, for its specs); the core then appends ``agent.policy.make_tensordict_primer()``
@@ -73,6 +74,8 @@ class Agent(ABC):
     world_model: torch.nn.Module
     #: the observation entry the model reads (``"pixels"`` or ``"observation"``)
     obs_key: str = "observation"
+    #: set by the trainer under ``torchrun``: gradients are averaged over it (:func:`clip_gradients`)
+    process_group: Any = None
 
     @abstractmethod
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -100,13 +103,14 @@ class Agent(ABC):
         log_world_model_predictions(self.world_model, self.obs_key, batch, logger, step)
 
 
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Averages the gradients over ``torchrun`` ranks (no-op in one process), then clips their norm.
+def clip_gradients(params: list[torch.Tensor], max_norm: float, group: Any = None) -> torch.Tensor:
+    """Averages the gradients over ``group``'s ranks (the agent's ``process_group``; ``None``: one
+    process, nothing to average), then clips their norm.
 
     Every agent clips through this function, so every agent averages its gradients the same way.
     Returns the total norm before clipping (as ``torch.nn.utils.clip_grad_norm_``).
     """
-    average_gradients(params)
+    average_gradients(params, group)
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 

@@ -35,8 +35,18 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from ..envs import make_env
 from .config import Env, RunConfig
 
-__all__ = ["COLLECTORS", "Collection", "ENV_BACKENDS", "EnvFactory", "WorkerFailure", "batched_env", "check_layout",
-           "keep_num_threads", "make_collector", "make_test_env"]
+__all__ = [
+    "COLLECTORS",
+    "ENV_BACKENDS",
+    "Collection",
+    "EnvFactory",
+    "WorkerFailure",
+    "batched_env",
+    "check_layout",
+    "keep_num_threads",
+    "make_collector",
+    "make_test_env",
+]
 
 #: collection layouts (``RunConfig.collector``) and batched-env backends (``RunConfig.env_backend``)
 COLLECTORS = ("sync", "async", "distributed")
@@ -142,7 +152,7 @@ def make_test_env(make: EnvFactory, num_envs: int, seed: int) -> EnvBase:
     return env
 
 
-class keep_num_threads:  # noqa: N801 -- used as a context manager, like torch.no_grad
+class keep_num_threads:
     """Puts the process's torch thread count back to what it was on entry (TorchRL's batched envs
     reset it when they start and close).
 

@@ -34,12 +34,33 @@ from typing import Any, ClassVar
 
 from ..envs.factory import PAPER_TASKS
 
-__all__ = ["AGENTS", "AGENT_SECTIONS", "Collection", "Dreamer", "Env", "FIELD_HELP", "Imagination", "ModelLoss",
-           "PRESETS", "PlaNet", "Planning", "Replay", "Returns", "Run", "RunConfig", "Schedule", "TASK_FIELDS",
-           "Training", "WorldModel", "apply_overrides", "from_dict", "preset"]
+__all__ = [
+    "AGENTS",
+    "AGENT_SECTIONS",
+    "FIELD_HELP",
+    "PRESETS",
+    "TASK_FIELDS",
+    "Collection",
+    "Dreamer",
+    "Env",
+    "Imagination",
+    "ModelLoss",
+    "PlaNet",
+    "Planning",
+    "Replay",
+    "Returns",
+    "Run",
+    "RunConfig",
+    "Schedule",
+    "Training",
+    "WorldModel",
+    "apply_overrides",
+    "from_dict",
+    "preset",
+]
 
 
-def _field(default: Any, help: str) -> Any:  # noqa: A002 -- the metadata key argparse users expect
+def _field(default: Any, help: str) -> Any:
     """A dataclass field with its one-line documentation (``metadata["help"]``)."""
     return field(default=default, metadata={"help": help})
 

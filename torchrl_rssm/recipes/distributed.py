@@ -4,8 +4,9 @@ One process per GPU (or per CPU process with the ``gloo`` backend). Every proces
 whole trainer: it collects from its own environments (seeded ``seed + 1000 * rank``), fills its own
 replay buffer and samples its own batches. The trainer makes every rank start from rank 0's
 weights (:func:`broadcast_parameters`), and every agent averages its gradients over the ranks
-between ``backward`` and its gradient clip (:func:`average_gradients`, through
-:func:`~torchrl_rssm.recipes.agent.clip_gradients`), so all ranks keep the same weights. With
+between ``backward`` and its gradient clip (:func:`average_gradients` over the agent's
+``process_group``, which the trainer sets, through :func:`~torchrl_rssm.recipes.agent.clip_gradients`),
+so all ranks keep the same weights. With
 ``B`` chunks per rank and ``W`` ranks an update sees ``W x B`` chunks: the effective batch grows
 with the ranks (lower ``batch_size`` to keep it). One path for every agent: the losses may call
 their networks' methods (``RSSMLoss.compute``, ``rollout.imagine``, the heads) rather than
@@ -43,8 +44,17 @@ import torch.distributed as dist
 
 from .config import RunConfig
 
-__all__ = ["ConfigMismatchAcrossRanksError", "PER_RANK_FIELDS", "average_gradients", "broadcast_parameters",
-           "check_same_config", "config_hash", "init_distributed", "is_distributed", "rank_config"]
+__all__ = [
+    "PER_RANK_FIELDS",
+    "ConfigMismatchAcrossRanksError",
+    "average_gradients",
+    "broadcast_parameters",
+    "check_same_config",
+    "config_hash",
+    "init_distributed",
+    "is_distributed",
+    "rank_config",
+]
 
 #: fields that legitimately differ between ranks (each rank's GPU and log folder)
 PER_RANK_FIELDS = ("device", "logdir")
@@ -127,20 +137,22 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """All-reduces (averages) the gradients of ``params`` over the process group, in one flat call.
+def average_gradients(params: list[torch.Tensor], group: Any = None) -> None:
+    """All-reduces (averages) the gradients of ``params`` over ``group``, in one flat call.
 
     Every agent calls it between ``backward`` and its gradient clip (through
-    :func:`~torchrl_rssm.recipes.agent.clip_gradients`), so clipping sees the averaged gradients,
-    the same on every rank. A parameter without a gradient counts as zeros, so every rank steps
-    the same parameters. No-op outside a process group of more than one rank.
+    :func:`~torchrl_rssm.recipes.agent.clip_gradients`, with the agent's ``process_group``), so
+    clipping sees the averaged gradients, the same on every rank. A parameter without a gradient
+    counts as zeros, so every rank steps the same parameters. ``group=None``: no-op. (The group
+    is named, not taken from whatever is initialised: TorchRL's ``DistributedCollector`` starts
+    a process group of its own in the trainer's process, whose workers never train.)
     """
-    if not is_distributed():
+    if group is None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
     for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
         p.grad = chunk.view_as(p).clone()
 

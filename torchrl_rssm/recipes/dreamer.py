@@ -96,8 +96,8 @@ class DreamerAgent(Agent):
         for name, total in totals.items():  # three separate graphs (the actor loss holds the model out)
             total.backward()
         for name in self.optimizers:
-            # under torchrun: averaged over the ranks first (no-op otherwise)
-            out[f"grad_norm/{name}"] = clip_gradients(self._params[name], self.cfg.grad_clip)
+            # under torchrun: averaged over the ranks first (process_group None: one process)
+            out[f"grad_norm/{name}"] = clip_gradients(self._params[name], self.cfg.grad_clip, self.process_group)
         # finite losses can still give inf/NaN gradients: check before any step (one host sync), so a
         # skipped update leaves every parameter as it was
         if not bool(torch.isfinite(torch.stack([out[f"grad_norm/{n}"] for n in self.optimizers])).all()):

@@ -72,7 +72,7 @@ class PlaNetAgent(Agent):
         total = sum(v for k, v in losses.items() if k.startswith("loss_"))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        clip_gradients(self._params, self.cfg.grad_clip)  # under torchrun: averaged over the ranks first
+        clip_gradients(self._params, self.cfg.grad_clip, self.process_group)  # torchrun: averaged over ranks
         self.optimizer.step()
         out = {k: v.detach() for k, v in losses.items()}
         out["loss"] = total.detach()

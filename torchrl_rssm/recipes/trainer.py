@@ -43,17 +43,44 @@ from tqdm import tqdm
 from ..data import load_replay_buffer, make_replay_buffer
 from ..objectives import NonFiniteInputError
 from .agent import Agent
-from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
-                         saved_config, set_rng_state, write_checkpoint)
-from .collection import (TEST_SEED_OFFSET, Collection, EnvFactory, WorkerFailure, check_layout, keep_num_threads,
-                         make_collector, make_test_env)
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    ConfigMismatchError,
+    check_config,
+    find_checkpoint,
+    get_rng_state,
+    saved_config,
+    set_rng_state,
+    write_checkpoint,
+)
+from .collection import (
+    TEST_SEED_OFFSET,
+    Collection,
+    EnvFactory,
+    WorkerFailure,
+    check_layout,
+    keep_num_threads,
+    make_collector,
+    make_test_env,
+)
 from .config import AGENTS, RunConfig
 from .distributed import broadcast_parameters, is_distributed
 from .tensorboard import RSSMTensorboardLogger
 
-__all__ = ["CHECKPOINT_DIR", "CollectorFailedError", "ConfigMismatchError", "EpisodeTooShortError", "Every",
-           "MAX_BUFFER_STEPS", "Trainer", "agent_class", "find_checkpoint", "first_episode_returns",
-           "load_trainer", "resolve_device"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "MAX_BUFFER_STEPS",
+    "CollectorFailedError",
+    "ConfigMismatchError",
+    "EpisodeTooShortError",
+    "Every",
+    "Trainer",
+    "agent_class",
+    "find_checkpoint",
+    "first_episode_returns",
+    "load_trainer",
+    "resolve_device",
+]
 
 #: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
 MAX_BUFFER_STEPS = 1_000_000
@@ -211,8 +238,9 @@ class Trainer:
                 f"(action_repeat={self.action_repeat}), fewer than chunk_length={cfg.chunk_length}: no training "
                 f"chunk fits. Set chunk_length <= {self.episode_steps} (--set chunk_length=N) or a longer episode.")
         self.agent = factory(cfg, self.env, self.device)
-        if is_distributed():  # torchrun: every rank starts from rank 0's weights
+        if is_distributed():  # torchrun: every rank starts from rank 0's weights and averages gradients
             broadcast_parameters(self.agent.networks().values())
+            self.agent.process_group = torch.distributed.group.WORLD
         self.env.append_transform(self.agent.make_tensordict_primer())
         self.make_env = self.make_env.with_primer(self.agent.make_tensordict_primer())
         if not resume and (self.checkpoint_dir / "state.pt").exists():  # every setting is validated by now
