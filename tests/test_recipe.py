@@ -274,10 +274,7 @@ def test_trainer_core_runs_any_agent_on_the_protocol(tmp_path):
 
 def test_returns_count_one_episode_on_tasks_that_end_early(tmp_path):
     """CartPole ends episodes early: a collected batch holds several, a test rollout runs past done."""
-    from torchrl_rssm.recipes.trainer import (
-        finished_episode_returns,
-        first_episode_returns,
-    )
+    from torchrl_rssm.recipes.collection import finished_episode_returns, first_episode_returns
 
     cfg = tiny(tmp_path, env="gym:CartPole-v1", action_repeat=1, max_episode_steps=60, seed_episodes=2,
                episodes=0, test_every=0, video_every=0, chunk_length=4)

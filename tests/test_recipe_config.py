@@ -11,20 +11,8 @@ import torch
 
 from torchrl_rssm.envs import make_env
 from torchrl_rssm.recipes import DreamerAgent, PlaNetAgent, preset
-from torchrl_rssm.recipes.config import (
-    AGENT_SECTIONS,
-    FIELD_HELP,
-    PRESETS,
-    Env,
-    Imagination,
-    ModelLoss,
-    Planning,
-    Returns,
-    RunConfig,
-    WorldModel,
-    apply_overrides,
-    from_dict,
-)
+from torchrl_rssm.recipes.config import (AGENT_SECTIONS, FIELD_HELP, PRESETS, Env, Imagination, ModelLoss, Planning,
+                                         Returns, RunConfig, WorldModel, apply_overrides, from_dict)
 
 # Values that differ from every default and from each other, so a swapped or shifted wire shows.
 SHARED = ["state_dim=5", "belief_dim=11", "model_lr=0.0011", "adam_eps=3e-5", "free_nats=2.5",

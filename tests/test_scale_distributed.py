@@ -13,13 +13,8 @@ import torch.multiprocessing as mp
 
 from torchrl_rssm.envs import make_env
 from torchrl_rssm.recipes import preset
-from torchrl_rssm.recipes.distributed import (
-    ConfigMismatchAcrossRanksError,
-    broadcast_parameters,
-    check_same_config,
-    config_hash,
-    rank_config,
-)
+from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, broadcast_parameters, check_same_config,
+                                              config_hash, rank_config)
 from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length

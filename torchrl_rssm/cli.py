@@ -21,17 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from .recipes.config import (
-    AGENTS,
-    FIELD_HELP,
-    PRESETS,
-    TASK_FIELDS,
-    RunConfig,
-    apply_overrides,
-    override_keys,
-    preset,
-    presets_by_agent,
-)
+from .recipes.config import (AGENTS, FIELD_HELP, PRESETS, TASK_FIELDS, RunConfig, apply_overrides, override_keys,
+                             preset, presets_by_agent)
 
 _TRAIN_HELP = """\
 A preset fixes every setting, including its task's: env, action_repeat, max_episode_steps
@@ -76,9 +67,7 @@ def setup_logging() -> None:
     say: only its warnings and errors are shown.
     """
     plain = logging.Formatter("%(asctime)s [%(name)s][%(levelname)s] %(message)s")
-    from torchrl._utils import (
-        logger as torchrl_logger,  # torchrl sets a coloured stdout handler here
-    )
+    from torchrl._utils import logger as torchrl_logger  # torchrl sets a coloured stdout handler here
 
     for handler in list(torchrl_logger.handlers):
         torchrl_logger.removeHandler(handler)

@@ -4,14 +4,7 @@ from .agent import Agent
 from .config import PRESETS, RunConfig, apply_overrides, preset
 from .dreamer import DreamerAgent
 from .planet import PlaNetAgent
-from .trainer import (
-           ConfigMismatchError,
-           EpisodeTooShortError,
-           Trainer,
-           agent_class,
-           load_trainer,
-           resolve_device,
-)
+from .trainer import ConfigMismatchError, EpisodeTooShortError, Trainer, agent_class, load_trainer, resolve_device
 
 __all__ = ["PRESETS", "Agent", "ConfigMismatchError", "DreamerAgent", "EpisodeTooShortError", "PlaNetAgent",
            "RunConfig", "Trainer", "agent_class", "apply_overrides", "load_trainer", "preset", "resolve_device"]

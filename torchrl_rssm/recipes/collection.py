@@ -11,6 +11,8 @@ Written once here and used by the trainer for training and test episodes alike:
 * :func:`make_collector`: the TorchRL collector of the run's layout (``collector``:
   ``"sync"``, ``"async"``, ``"distributed"``); :class:`Collection` iterates it, checks its
   workers are alive, pushes new weights to them and reports a failure as :class:`WorkerFailure`.
+* :func:`finished_episode_returns` (collected batches) and :func:`first_episode_returns` (test
+  rollouts, which run past an episode's end): returns counted once per episode.
 * :class:`keep_num_threads`: TorchRL's batched environments reset the process's thread count
   when they start and close (``torchrl/envs/batched_envs.py``); the run's count is put back
   (small ops under load slow down 10-100x with a second spinning thread).
@@ -35,18 +37,8 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from ..envs import make_env
 from .config import Env, RunConfig
 
-__all__ = [
-    "COLLECTORS",
-    "ENV_BACKENDS",
-    "Collection",
-    "EnvFactory",
-    "WorkerFailure",
-    "batched_env",
-    "check_layout",
-    "keep_num_threads",
-    "make_collector",
-    "make_test_env",
-]
+__all__ = ["COLLECTORS", "ENV_BACKENDS", "Collection", "EnvFactory", "WorkerFailure", "batched_env", "check_layout",
+           "finished_episode_returns", "first_episode_returns", "keep_num_threads", "make_collector", "make_test_env"]
 
 #: collection layouts (``RunConfig.collector``) and batched-env backends (``RunConfig.env_backend``)
 COLLECTORS = ("sync", "async", "distributed")
@@ -150,6 +142,37 @@ def make_test_env(make: EnvFactory, num_envs: int, seed: int) -> EnvBase:
     env = batched_env(num_envs, "serial", lambda: make(seed=seed))
     env.set_seed(seed)
     return env
+
+
+def first_episode_returns(rollout: TensorDictBase) -> torch.Tensor:
+    """Return of each environment's first episode in a ``[T]`` or ``[E, T]`` rollout.
+
+    Test rollouts run ``max_episode_steps`` steps without stopping at ``done`` (a batch of
+    environments steps together), so only rewards up to and including the first ``done`` count.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> r = torch.ones(2, 4, 1); done = torch.zeros(2, 4, 1, dtype=torch.bool); done[0, 1] = True
+        >>> first_episode_returns(TensorDict({("next", "reward"): r, ("next", "done"): done}, [2, 4]))
+        tensor([2., 4.])
+    """
+    reward = rollout.get(("next", "reward"))
+    done = rollout.get(("next", "done"), None)
+    if done is None:
+        return reward.sum(-2).squeeze(-1)
+    done = done.to(reward.dtype)
+    before_first_done = (done.cumsum(-2) - done) == 0  # steps up to and including the first done
+    return (reward * before_first_done).sum(-2).squeeze(-1)
+
+
+def finished_episode_returns(batch: TensorDictBase) -> torch.Tensor:
+    """Returns of the episodes that end in a collected batch (``RewardSum``'s ``episode_reward`` at
+    their ``done`` steps); the whole batch's reward per environment row if none ends in it."""
+    done = batch.get(("next", "done"), None)
+    episode_reward = batch.get(("next", "episode_reward"), None)
+    if done is None or episode_reward is None or not bool(done.any()):
+        return batch.get(("next", "reward")).sum(-2).reshape(-1)
+    return episode_reward[done.expand_as(episode_reward)]
 
 
 class keep_num_threads:

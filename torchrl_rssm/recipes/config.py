@@ -34,30 +34,9 @@ from typing import Any, ClassVar
 
 from ..envs.factory import PAPER_TASKS
 
-__all__ = [
-    "AGENTS",
-    "AGENT_SECTIONS",
-    "FIELD_HELP",
-    "PRESETS",
-    "TASK_FIELDS",
-    "Collection",
-    "Dreamer",
-    "Env",
-    "Imagination",
-    "ModelLoss",
-    "PlaNet",
-    "Planning",
-    "Replay",
-    "Returns",
-    "Run",
-    "RunConfig",
-    "Schedule",
-    "Training",
-    "WorldModel",
-    "apply_overrides",
-    "from_dict",
-    "preset",
-]
+__all__ = ["AGENTS", "AGENT_SECTIONS", "FIELD_HELP", "PRESETS", "TASK_FIELDS", "Collection", "Dreamer", "Env",
+           "Imagination", "ModelLoss", "PlaNet", "Planning", "Replay", "Returns", "Run", "RunConfig", "Schedule",
+           "Training", "WorldModel", "apply_overrides", "from_dict", "preset"]
 
 
 def _field(default: Any, help: str) -> Any:

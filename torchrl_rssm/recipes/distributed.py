@@ -44,17 +44,8 @@ import torch.distributed as dist
 
 from .config import RunConfig
 
-__all__ = [
-    "PER_RANK_FIELDS",
-    "ConfigMismatchAcrossRanksError",
-    "average_gradients",
-    "broadcast_parameters",
-    "check_same_config",
-    "config_hash",
-    "init_distributed",
-    "is_distributed",
-    "rank_config",
-]
+__all__ = ["PER_RANK_FIELDS", "ConfigMismatchAcrossRanksError", "average_gradients", "broadcast_parameters",
+           "check_same_config", "config_hash", "init_distributed", "is_distributed", "rank_config"]
 
 #: fields that legitimately differ between ranks (each rank's GPU and log folder)
 PER_RANK_FIELDS = ("device", "logdir")

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .trainer import Trainer, first_episode_returns
+from .collection import first_episode_returns
+from .trainer import Trainer
 
 __all__ = ["VIDEO_SUFFIXES", "check_video_path", "evaluate", "write_gif", "write_video"]
 

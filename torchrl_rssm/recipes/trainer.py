@@ -43,44 +43,17 @@ from tqdm import tqdm
 from ..data import load_replay_buffer, make_replay_buffer
 from ..objectives import NonFiniteInputError
 from .agent import Agent
-from .checkpoint import (
-    CHECKPOINT_DIR,
-    ConfigMismatchError,
-    check_config,
-    find_checkpoint,
-    get_rng_state,
-    saved_config,
-    set_rng_state,
-    write_checkpoint,
-)
-from .collection import (
-    TEST_SEED_OFFSET,
-    Collection,
-    EnvFactory,
-    WorkerFailure,
-    check_layout,
-    keep_num_threads,
-    make_collector,
-    make_test_env,
-)
+from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
+                         saved_config, set_rng_state, write_checkpoint)
+from .collection import (TEST_SEED_OFFSET, Collection, EnvFactory, WorkerFailure, check_layout,
+                         finished_episode_returns, first_episode_returns, keep_num_threads, make_collector,
+                         make_test_env)
 from .config import AGENTS, RunConfig
 from .distributed import broadcast_parameters, is_distributed
 from .tensorboard import RSSMTensorboardLogger
 
-__all__ = [
-    "CHECKPOINT_DIR",
-    "MAX_BUFFER_STEPS",
-    "CollectorFailedError",
-    "ConfigMismatchError",
-    "EpisodeTooShortError",
-    "Every",
-    "Trainer",
-    "agent_class",
-    "find_checkpoint",
-    "first_episode_returns",
-    "load_trainer",
-    "resolve_device",
-]
+__all__ = ["CHECKPOINT_DIR", "MAX_BUFFER_STEPS", "CollectorFailedError", "ConfigMismatchError", "EpisodeTooShortError",
+           "Every", "Trainer", "agent_class", "find_checkpoint", "load_trainer", "resolve_device"]
 
 #: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
 MAX_BUFFER_STEPS = 1_000_000
@@ -118,37 +91,6 @@ def agent_class(algo: str) -> type[Agent]:
         raise ValueError(f"algo={algo!r}: expected one of {list(AGENTS)}.")
     name = {"planet": "PlaNetAgent", "dreamer": "DreamerAgent"}[algo]
     return getattr(importlib.import_module(f"{__package__}.{algo}"), name)
-
-
-def first_episode_returns(rollout: TensorDictBase) -> torch.Tensor:
-    """Return of each environment's first episode in a ``[T]`` or ``[E, T]`` rollout.
-
-    Test rollouts run ``max_episode_steps`` steps without stopping at ``done`` (a batch of
-    environments steps together), so only rewards up to and including the first ``done`` count.
-
-    Examples:
-        >>> from tensordict import TensorDict
-        >>> r = torch.ones(2, 4, 1); done = torch.zeros(2, 4, 1, dtype=torch.bool); done[0, 1] = True
-        >>> first_episode_returns(TensorDict({("next", "reward"): r, ("next", "done"): done}, [2, 4]))
-        tensor([2., 4.])
-    """
-    reward = rollout.get(("next", "reward"))
-    done = rollout.get(("next", "done"), None)
-    if done is None:
-        return reward.sum(-2).squeeze(-1)
-    done = done.to(reward.dtype)
-    before_first_done = (done.cumsum(-2) - done) == 0  # steps up to and including the first done
-    return (reward * before_first_done).sum(-2).squeeze(-1)
-
-
-def finished_episode_returns(batch: TensorDictBase) -> torch.Tensor:
-    """Returns of the episodes that end in a collected batch (``RewardSum``'s ``episode_reward`` at
-    their ``done`` steps); the whole batch's reward per environment row if none ends in it."""
-    done = batch.get(("next", "done"), None)
-    episode_reward = batch.get(("next", "episode_reward"), None)
-    if done is None or episode_reward is None or not bool(done.any()):
-        return batch.get(("next", "reward")).sum(-2).reshape(-1)
-    return episode_reward[done.expand_as(episode_reward)]
 
 
 class Every:
