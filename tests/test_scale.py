@@ -1,4 +1,4 @@
-"""Scale (issue 11): batched environments, the replay ratio, asynchronous collection, bad layouts.
+"""Scale: batched environments, the replay ratio, asynchronous collection, bad layouts.
 
 DDP and the distributed collector are in ``tests/test_scale_distributed.py``.
 """
@@ -29,7 +29,7 @@ def tiny(tmp_path: Path, **overrides):
     return cfg
 
 
-# What main gave before the collection layout existed (commit d6acf95, tiny preset from state
+# What the trainer gave before the collection layout existed (tiny preset from state
 # vectors, one thread): the default layout (num_envs=1, sync, no ratio) must reproduce it exactly.
 MAIN_COUNTERS = {"seed_episodes": 2, "episodes": 1, "env_steps": 480, "updates": 3, "skipped_updates": 0,
                  "dropped_episodes": 0}

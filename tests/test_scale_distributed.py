@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -62,10 +63,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: st
                             timeout=COLLECTIVE_TIMEOUT)
     try:
         _rank_work(rank, out_dir, preset_name)
-        # DDP's reducer must not outlive the process group's Python handle: destroyed last, it frees
-        # the gloo group while holding the GIL, and deadlocks against gloo's worker thread (which needs
-        # the GIL to free its last work item; pytorch#56297). Seen here in 2 of 7 runs; see
-        # torchrl_rssm.cli's train under torchrun, which does the same.
+        # Nothing holding the process group may outlive its Python handle: freed last, the gloo group
+        # is destroyed while holding the GIL and can deadlock against gloo's worker thread (which needs
+        # the GIL to free its last work item; pytorch#56297; seen with DDP's reducer in 2 of 7 runs).
+        # torchrl_rssm.cli's train does the same under torchrun.
         gc.collect()
     finally:
         dist.destroy_process_group()
@@ -158,3 +159,25 @@ def test_distributed_docstring_examples():
     from torchrl_rssm.recipes import distributed
 
     assert doctest.testmod(distributed, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_torchrun_train_keeps_every_ranks_dreamer_weights_equal(tmp_path):
+    """`torchrun -m torchrl_rssm.cli train`: ranks seeded apart start from rank 0's weights and stay equal."""
+    import json
+    import subprocess
+    import sys
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the `torchrun` command
+    logdir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [*torchrun, "--standalone", "--nproc-per-node", "2", "-m", "torchrl_rssm.cli", "train", "--preset",
+           "dreamer-tiny", "--logdir", str(logdir), "--no-progress", "--set", "video_every=0", "--set", "test_every=0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SPAWN_DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["updates"] > 0
+    ranks = [torch.load(path / "checkpoint" / "state.pt", weights_only=False) for path in (logdir, logdir / "rank1")]
+    assert ranks[0]["config"]["seed"] != ranks[1]["config"]["seed"]  # each rank collects its own episodes
+    for key in ("world_model", "actor", "value"):
+        for name, tensor in ranks[0][key].items():
+            assert torch.equal(tensor, ranks[1][key][name]), f"{key}.{name}"

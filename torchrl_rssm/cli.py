@@ -115,8 +115,8 @@ def _parser(preset_name: str = "quick") -> argparse.ArgumentParser:
                        help=f"one of {sorted(PRESETS)} (default: quick; with --algo dreamer: dreamer-quick)")
     train.add_argument("--algo", choices=AGENTS, default=None,
                        help="agent (default: the preset's; without --preset it picks <algo>-quick)")
-    train.add_argument("--env", help="task, e.g. dmc:cartpole-swingup, gym:Pendulum-v1 or gym:<module>:<id> "
-                                     "(resets the preset's action_repeat, max_episode_steps and logdir)")
+    train.add_argument("--env", help="task, e.g. dmc:cartpole-swingup or gym:Pendulum-v1 (resets the preset's "
+                                     "action_repeat, max_episode_steps and logdir)")
     train.add_argument("--pixels", dest="from_pixels", action="store_true", default=None,
                        help=f"observe pixels (preset: from_pixels={shown.from_pixels})")
     train.add_argument("--state", dest="from_pixels", action="store_false", help="observe state vectors")

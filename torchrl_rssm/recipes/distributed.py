@@ -52,7 +52,7 @@ PER_RANK_FIELDS = ("device", "logdir")
 
 
 class ConfigMismatchAcrossRanksError(ValueError):
-    """The ranks of a DDP launch were given different configurations."""
+    """The ranks of a torchrun launch were given different configurations."""
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -85,7 +85,7 @@ def check_same_config(cfg: RunConfig) -> None:
             if ref.get(key) != other["config"].get(key):
                 diffs.setdefault(key, {0: ref.get(key)})[rank] = other["config"].get(key)
     raise ConfigMismatchAcrossRanksError(
-        f"the {len(everyone)} ranks of this DDP launch run different configurations; fields that differ "
+        f"the {len(everyone)} ranks of this torchrun launch run different configurations; fields that differ "
         f"(rank: value): {diffs}. Give every rank the same settings (only {list(PER_RANK_FIELDS)} may differ).")
 
 
