@@ -185,10 +185,10 @@ class Trainer:
             self.agent.process_group = torch.distributed.group.WORLD
         self.env.append_transform(self.agent.make_tensordict_primer())
         self.make_env = self.make_env.with_primer(self.agent.make_tensordict_primer())
+        self.buffer = self._make_buffer()
         if not resume and (self.checkpoint_dir / "state.pt").exists():  # every setting is validated by now
             raise FileExistsError(f"{self.checkpoint_dir} holds a checkpoint: pass resume=True (--resume) to "
                                   "continue it, or choose another logdir.")
-        self.buffer = self._make_buffer()
         #: collected episodes: the random seed episodes, then the agent's (the schedule's ``episodes``)
         self.counters = dict(seed_episodes=0, episodes=0, env_steps=0, updates=0, skipped_updates=0,
                              dropped_episodes=0)
