@@ -153,14 +153,6 @@ def test_config_hash_ignores_per_rank_fields_and_rank_config_seeds_apart():
     assert r0.seed != r1.seed and r0.logdir != r1.logdir and r1.logdir.endswith("rank1")
 
 
-def test_distributed_docstring_examples():
-    import doctest
-
-    from torchrl_rssm.recipes import distributed
-
-    assert doctest.testmod(distributed, optionflags=doctest.ELLIPSIS).failed == 0
-
-
 def test_torchrun_train_keeps_every_ranks_dreamer_weights_equal(tmp_path):
     """`torchrun -m torchrl_rssm.cli train`: ranks seeded apart start from rank 0's weights and stay equal."""
     import json

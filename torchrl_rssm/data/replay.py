@@ -1,4 +1,4 @@
-"""Sequence replay buffer: ``[B, L]`` chunks that never cross an episode boundary.
+"""Sequence replay buffer: ``[B, L]`` chunks of consecutive steps, each observation stored once.
 
 Built from TorchRL parts: a :class:`~torchrl.data.TensorDictReplayBuffer` with a
 :class:`~torchrl.data.LazyTensorStorage` (on any device) or a
@@ -8,11 +8,9 @@ Built from TorchRL parts: a :class:`~torchrl.data.TensorDictReplayBuffer` with a
 
 How episode boundaries are found
 --------------------------------
-Storage rows are written in order; the sampler is
-``SliceSampler(slice_len=L, traj_key="episode", strict_length=True)``: a chunk is
-``L`` consecutive rows that all carry the same ``"episode"`` id. The buffer
-writes that id itself when data is added (:meth:`SequenceReplayBuffer.extend`),
-from whatever the data carries:
+Storage rows are written in order. The buffer writes an episode id under ``traj_key``
+(``"episode"``) itself when data is added (:meth:`SequenceReplayBuffer.extend`), from
+whatever the data carries:
 
 * a new episode starts at a row with ``is_init=True`` (TorchRL's ``InitTracker``),
 * after a row whose ``("next", "done" | "terminated" | "truncated")`` is set,
@@ -34,28 +32,51 @@ restarts at 0 with every new collector, so episodes from two collectors that
 each collected a single episode would be glued together; data written by hand
 has neither. The buffer-assigned id works for all three.
 
-Episodes (or surviving pieces of overwritten episodes) shorter than ``L`` are
-skipped by the sampler (``strict_length=True``); if no stored episode has ``L``
-steps yet, :meth:`~SequenceReplayBuffer.sample` raises a ``RuntimeError`` that
-says so. Chunk starts are uniform within an episode and episodes are picked
-uniformly (not in proportion to their length; for dm_control's fixed-length
-episodes this makes no difference).
+Two ways to cut chunks
+----------------------
+``cross_episodes=False`` (the default; PlaNet and Dreamer): the sampler is
+``SliceSampler(slice_len=L, traj_key="episode", strict_length=True)``, a chunk is ``L``
+consecutive rows of one episode. Episodes (or surviving pieces of overwritten
+episodes) shorter than ``L`` are skipped; if no stored episode has ``L`` steps yet,
+:meth:`~SequenceReplayBuffer.sample` raises a ``RuntimeError`` that says so. Episodes are
+picked uniformly (not in proportion to their length), chunk starts uniformly within one.
+
+``cross_episodes=True`` (DreamerV3's replay): chunks are slices of each environment's
+*stream* of steps and may cross episode boundaries; the sampler's ``traj_key`` is a
+stream id the buffer writes (``("_replay", "stream")``), and the stored ``is_init`` is set
+at every episode start, so a model that resets its state where ``is_init`` is set (the
+RSSM does) never carries state across episodes. Episodes of any length, one step
+included, are stored and sampled. A single-row batch (``[T]``, one environment) continues
+the stream of the previous one; each row of a ``[N, T]`` batch is a stream piece of its
+own (its steps are not contiguous with the same environment's next batch in storage), so
+``chunk_length`` must not exceed ``T`` there.
+
+In both modes sampled chunks carry TorchRL's slice markers: ``is_init`` at the first step
+of every chunk (OR-ed with the stored flags, so episode starts inside a chunk keep it) and
+``("next", "truncated")`` (and ``("next", "done")``) at the last step (OR-ed with the
+stored flags). ``("next", "terminated")`` is the stored flag alone: continuation is learned
+from it, and a time limit (``truncated``) is never a termination.
 
 What is stored
 --------------
 By default the buffer drops the policy's recorded latents (``state``/``belief``, root and
 ``next``) and its warm-start ``plan`` (:data:`DEFAULT_EXCLUDE_KEYS`): training starts every
 chunk from the initial latent and filters the observations itself, so these are never read.
-Both the root observation (``pixels``/``observation``, read at the first step of each
-chunk, where the RSSM filters o_0 with a zero action) and ``("next", obs)`` are kept: for
-64x64 pixels that is 2 x 12,288 bytes per step (uint8), about 24.6 kB per step with the
-rest (1.2 GB per 50,000 steps). :meth:`SequenceReplayBuffer.describe` reports the capacity
-and the estimated memory once the first write has fixed the row layout.
 
-Sampled chunks also carry TorchRL's slice markers: ``("next", "truncated")``
-(and ``("next", "done")``) is set at the last step of every chunk and
-``is_init`` at the first (OR-ed with the stored flags); the RSSM starts every
-chunk from a zero state, which is what ``is_init`` asks for.
+**Each observation is stored once.** TorchRL's collectors write, for every step ``t``, a
+root entry (``pixels``, ``observation``, ``step_count``, ...) and its ``("next", ...)``
+counterpart, and within an episode the root entry at ``t`` is the ``next`` entry at
+``t - 1``. The buffer stores the ``next`` entries of every step and a root entry only where
+it is not the previous stored row's ``next`` entry (an episode's first step, or data that
+breaks the rule), in a small side store; sampled chunks are rebuilt with both, so they equal
+what a buffer storing every root entry returns. The entries treated this way are the root
+entries that have a ``("next", key)`` counterpart of the same shape and dtype and take at
+least :data:`MIN_DEDUP_BYTES` per step (observations; not flags or counters). For 64x64
+RGB pixels that is 12,288 bytes per step (uint8) plus a share of one image per episode,
+about 12.4 kB per step with the rest. :meth:`SequenceReplayBuffer.describe` reports the
+capacity and the estimated memory once the first write has fixed the row layout. The side
+store lives on the storage's device (in host memory for a ``LazyMemmapStorage``) and grows
+with the number of stored episodes.
 """
 from __future__ import annotations
 
@@ -68,25 +89,38 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn.utils import _set_dispatch_td_nn_modules
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs.transforms import Compose, DeviceCastTransform
 
 from ..envs.transforms import Dequantize
 
-__all__ = ["DEFAULT_EXCLUDE_KEYS", "ChunkSliceSampler", "SequenceReplayBuffer", "load_replay_buffer",
-           "make_replay_buffer", "save_replay_buffer"]
+__all__ = ["DEFAULT_EXCLUDE_KEYS", "ChunkSliceSampler", "ReplayLoadError", "SequenceReplayBuffer",
+           "load_replay_buffer", "make_replay_buffer", "save_replay_buffer"]
 
 _END_KEYS: tuple[NestedKey, ...] = (("next", "done"), ("next", "terminated"), ("next", "truncated"))
 _COLLECTOR_TRAJ_KEY: NestedKey = ("collector", "traj_ids")
-_FORMAT_VERSION = 1
+#: the buffer's own bookkeeping entries (never returned by ``sample``)
+_META = "_replay"
+_ROOT_SLOT_KEY = (_META, "root_slot")
+_STREAM_KEY = (_META, "stream")
+_FORMAT_VERSION = 2
 _LOG = logging.getLogger("torchrl_rssm.data")
+
+#: Root entries smaller than this (bytes per step: flags, counters, small state vectors) are
+#: stored as given: rebuilding them at sampling would cost more time than their bytes are worth.
+MIN_DEDUP_BYTES = 64
 
 #: Entries the buffer drops by default: the acting policy's recorded latents and warm-start
 #: plan (training never reads them; see "What is stored").
 DEFAULT_EXCLUDE_KEYS: tuple[NestedKey, ...] = (
     "state", "belief", "plan", ("next", "state"), ("next", "belief"), ("next", "plan"),
 )
+
+
+class ReplayLoadError(ValueError):
+    """A saved replay buffer could not be read (missing, truncated or corrupted file)."""
 
 
 class _FlagRows:
@@ -101,13 +135,16 @@ class _FlagRows:
     def __init__(self, storage, keys: Sequence[NestedKey]):
         self._storage = storage
         self._keys = keys
+        self.last = None  # the flags read last (the sampler reads them once per sample)
 
     def __getitem__(self, index):
         data = getattr(self._storage, "_storage", None)
         if not isinstance(data, TensorDictBase):
-            return self._storage[index]
-        present = set(data.keys(True, True))
-        return data.select(*[k for k in self._keys if k in present])[index]
+            self.last = self._storage[index]
+        else:
+            present = set(data.keys(True, True))
+            self.last = data.select(*[k for k in self._keys if k in present])[index]
+        return self.last
 
     def __getattr__(self, name):
         return getattr(self._storage, name)
@@ -116,14 +153,25 @@ class _FlagRows:
 class ChunkSliceSampler(SliceSampler):
     """``SliceSampler`` that does not gather whole rows just to read the slice flags.
 
-    Same arguments and samples as :class:`~torchrl.data.SliceSampler`.
+    Same arguments and chunk positions as :class:`~torchrl.data.SliceSampler` (same random
+    draws). One difference in the markers: the stored ``("next", "truncated")`` is OR-ed
+    into the chunk-end marker instead of being replaced by it, so a time limit inside a
+    chunk that crosses episodes stays visible (chunks that never cross an episode boundary
+    are unaffected: a stored truncation can only be at their last step).
     """
 
     def _finalize_index(self, *, storage, **kwargs):
         keys = [k for k in (self.init_key,) if k is not None]
         if self.truncated_key is not None:
-            keys += [_replace_last(self.truncated_key, "done"), _replace_last(self.truncated_key, "terminated")]
-        return super()._finalize_index(storage=_FlagRows(storage, [unravel_key(k) for k in keys]), **kwargs)
+            keys += [_replace_last(self.truncated_key, "done"), _replace_last(self.truncated_key, "terminated"),
+                     self.truncated_key]
+        flags = _FlagRows(storage, [unravel_key(k) for k in keys])
+        index, info = super()._finalize_index(storage=flags, **kwargs)
+        if self.truncated_key is not None and self.truncated_key in info and flags.last is not None:
+            stored = flags.last.get(self.truncated_key, None)
+            if stored is not None:
+                info[self.truncated_key] = info[self.truncated_key] | stored.reshape(info[self.truncated_key].shape)
+        return index, info
 
 
 def _replace_last(key: NestedKey, new: str) -> NestedKey:
@@ -132,7 +180,17 @@ def _replace_last(key: NestedKey, new: str) -> NestedKey:
 
 
 def _fresh_episode_state() -> dict[str, Any]:
-    return {"next_id": 0, "open": False, "last_traj_ids": None, "last_episode": None}
+    return {"next_id": 0, "open": False, "last_traj_ids": None, "last_episode": None,
+            "next_stream": 0, "stream_open": False}
+
+
+def _as_tuple(key: NestedKey) -> tuple[str, ...]:
+    key = unravel_key(key)
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _key(key: tuple[str, ...]) -> NestedKey:
+    return key[0] if len(key) == 1 else key
 
 
 class SequenceReplayBuffer(TensorDictReplayBuffer):
@@ -141,13 +199,17 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
     Build it with :func:`make_replay_buffer`. Differences from its base class:
 
     * :meth:`extend` / :meth:`add` write a buffer-unique episode id under
-      ``traj_key`` (see the module documentation) and drop ``exclude_keys``;
-      the caller's tensordict is not modified.
+      ``traj_key`` (see the module documentation), drop ``exclude_keys`` and store each
+      observation once; the caller's tensordict is not modified.
     * :meth:`sample` returns ``[num_chunks, chunk_length]`` instead of a flat
-      ``[num_chunks * chunk_length]`` batch. ``batch_size`` keeps TorchRL's
-      meaning (transitions, a multiple of ``chunk_length``).
-    * :meth:`dumps` / :meth:`loads` / :meth:`state_dict` also carry the episode
-      counter, so appending after a restore continues the numbering.
+      ``[num_chunks * chunk_length]`` batch, with the root observations rebuilt.
+      ``batch_size`` keeps TorchRL's meaning (transitions, a multiple of ``chunk_length``).
+    * ``storage`` holds the compact layout (no root observation entries, a
+      ``("_replay", ...)`` bookkeeping entry); :meth:`steps` returns stored rows as they
+      were written.
+    * :meth:`dumps` / :meth:`loads` are :func:`save_replay_buffer` /
+      :func:`load_replay_buffer` (one format), and :meth:`state_dict` also carries the
+      episode counter and the side store of root observations.
     """
 
     def __init__(
@@ -156,6 +218,7 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         chunk_length: int,
         traj_key: NestedKey = "episode",
         exclude_keys: Sequence[NestedKey] = (),
+        cross_episodes: bool = False,
         config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -163,9 +226,14 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         self.chunk_length = int(chunk_length)
         self.traj_key = unravel_key(traj_key)
         self.exclude_keys = [unravel_key(k) for k in exclude_keys]
+        self.cross_episodes = bool(cross_episodes)
         self.config = dict(config or {})
         self._episode_state = _fresh_episode_state()
         self._warned_no_boundaries = False
+        #: root entries stored only where they are not the previous row's ``next`` entry
+        self.root_keys: list[tuple[str, ...]] | None = None
+        self._roots: TensorDictBase | None = None  # [S] side store of root entries
+        self._root_owner: torch.Tensor | None = None  # [S] storage row owning each slot, -1: free
         #: bytes of one stored step (set at the first write)
         self.bytes_per_step: int | None = None
 
@@ -223,7 +291,121 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         state["next_id"] = int(episode[-1]) + 1
         state["open"] = not bool(end[-1, -1])
         state.update(last_values)
+        if self.cross_episodes:
+            # the stored is_init marks every episode start (the RSSM resets there inside a chunk)
+            old = flat.get("is_init", None)
+            shape = old.shape if old is not None else (*flat.shape, 1)
+            out.set("is_init", start.reshape(-1, *[1] * (len(shape) - 1)).expand(shape).clone())
+            # a stream piece: one environment's consecutive rows, contiguous in storage
+            new_piece = torch.zeros(rows, steps, dtype=torch.int64, device=device)
+            if not (rows == 1 and state["stream_open"]):
+                new_piece[:, 0] = 1
+            stream = torch.cumsum(new_piece.reshape(-1), 0) + (state["next_stream"] - 1)
+            out.set(_STREAM_KEY, stream.reshape(flat.shape))
+            state["next_stream"] = int(stream[-1]) + 1
+            state["stream_open"] = rows == 1
         return out
+
+    def _find_root_keys(self, data: TensorDictBase) -> list[tuple[str, ...]]:
+        """Root entries with a ``("next", key)`` twin of the same shape and dtype, of at least
+        :data:`MIN_DEDUP_BYTES` per step (smaller ones cost more to rebuild than they take)."""
+        keys = []
+        for key in data.keys(True, True):
+            key = _as_tuple(key)
+            if key[0] in ("next", _META) or key == _as_tuple(self.traj_key):
+                continue
+            twin = data.get(("next", *key), None)
+            value = data.get(_key(key))
+            if isinstance(twin, torch.Tensor) and isinstance(value, torch.Tensor) \
+                    and twin.shape == value.shape and twin.dtype == value.dtype \
+                    and value[0].numel() * value.element_size() >= MIN_DEDUP_BYTES:
+                keys.append(key)
+        return keys
+
+    def _storage_td(self) -> TensorDictBase | None:
+        data = getattr(self.storage, "_storage", None)
+        return data if isinstance(data, TensorDictBase) and len(self.storage) else None
+
+    def _dedup(self, out: TensorDictBase) -> TensorDictBase:
+        """Drops the root entries that the previous stored row's ``next`` entries repeat."""
+        n = out.shape[0]
+        capacity = self.storage.max_size
+        if n > capacity:
+            raise ValueError(f"SequenceReplayBuffer.extend: {n} steps in one batch exceed capacity={capacity}.")
+        if self.root_keys is None:
+            self.root_keys = self._find_root_keys(out)
+        if not self.root_keys:
+            return out
+        missing = [k for k in self.root_keys if out.get(_key(k), None) is None or out.get(("next", *k), None) is None]
+        if missing:
+            raise KeyError(f"SequenceReplayBuffer.extend: the data lacks {missing} (and/or their 'next' twins), "
+                           "stored by earlier batches.")
+        device = out.device if out.device is not None else torch.device("cpu")
+        length = len(self.storage)
+        stored = self._storage_td()
+        cursor = int(self._writer._cursor)
+        index = (torch.arange(n) + cursor) % capacity
+        # 1. a root entry is kept where it differs from the previous row's next entry
+        keep = torch.zeros(n, dtype=torch.bool, device=device)
+        keep[0] = True
+        prev_row = (cursor - 1) % capacity
+        for key in self.root_keys:
+            root, nxt = out.get(_key(key)), out.get(("next", *key))
+            if n > 1:
+                keep[1:] |= (root[1:] != nxt[:-1]).reshape(n - 1, -1).any(-1)
+        if stored is not None and n < capacity:
+            same = True
+            for key in self.root_keys:
+                prev = stored.get(("next", *key))[prev_row].to(device)
+                same = same and bool((out.get(_key(key))[0] == prev).all())
+            keep[0] = not same
+        slots_col = torch.full((n,), -1, dtype=torch.int64)
+        if stored is not None:
+            column = stored.get(_ROOT_SLOT_KEY)
+            # 2. the slots of the rows about to be overwritten are freed
+            live = index if length == capacity else index[index < length]
+            freed = column[live.to(column.device)].cpu()
+            self._root_owner[freed[freed >= 0]] = -1
+            # 3. the oldest surviving row loses its predecessor: keep its root entry now
+            oldest = (cursor + n) % capacity
+            if n < capacity and (length == capacity or oldest < length) and int(column[oldest]) < 0:
+                slot = int(self._alloc_slots(1)[0])
+                for key in self.root_keys:
+                    self._roots.get(_key(key))[slot] = stored.get(("next", *key))[int(index[-1])].to(
+                        self._roots.device)
+                self._root_owner[slot] = oldest
+                column[oldest] = slot
+        # 4. slots for the root entries kept in this batch
+        rows = keep.nonzero().squeeze(-1).cpu()
+        if len(rows):
+            roots = out.select(*[_key(k) for k in self.root_keys])[rows.to(device)].contiguous()
+            if self._roots is None:
+                self._roots = roots[:0].to(self._storage_device()).clone()
+                self._root_owner = torch.zeros(0, dtype=torch.int64)
+            slots = self._alloc_slots(len(rows))
+            self._roots[slots] = roots.to(self._roots.device)
+            self._root_owner[slots] = index[rows]
+            slots_col[rows] = slots
+        out = out.exclude(*[_key(k) for k in self.root_keys])
+        out.set(_ROOT_SLOT_KEY, slots_col.to(device))
+        return out
+
+    def _storage_device(self) -> torch.device:
+        device = getattr(self.storage, "device", None)
+        return torch.device("cpu") if device in (None, "auto") else torch.device(device)
+
+    def _alloc_slots(self, k: int) -> torch.Tensor:
+        """``k`` free slots of the side store, growing it (doubling) when it is full."""
+        free = (self._root_owner < 0).nonzero().squeeze(-1)
+        if len(free) < k:
+            size = len(self._root_owner)
+            new = max(2 * size, size + k - len(free))
+            extra = new - size
+            self._roots = torch.cat(
+                [self._roots, self._roots.apply(lambda v: v.new_zeros((extra, *v.shape[1:])), batch_size=[extra])], 0)
+            self._root_owner = torch.cat([self._root_owner, torch.full((extra,), -1, dtype=torch.int64)])
+            free = (self._root_owner < 0).nonzero().squeeze(-1)
+        return free[:k]
 
     def extend(self, tensordicts: TensorDictBase, *, update_priority: bool | None = None) -> torch.Tensor:
         """Adds a batch of consecutive steps ``[T]`` (or ``[*N, T]``) and labels its episodes.
@@ -235,8 +417,10 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
                 f"SequenceReplayBuffer.extend: tensordicts must be a TensorDict, got {type(tensordicts).__name__}."
             )
         data = self._label_episodes(tensordicts)
-        first = len(self) == 0 and self.bytes_per_step is None
-        if first and data.numel():
+        if not data.numel():
+            return torch.zeros(0, dtype=torch.int64)
+        data = self._dedup(data)
+        if self.bytes_per_step is None:
             self.bytes_per_step = sum(v[0].numel() * v.element_size() for v in data.values(True, True))
             _LOG.debug("SequenceReplayBuffer: %s", self.describe())
         return super().extend(data, update_priority=update_priority)
@@ -250,14 +434,47 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
             return f"capacity {capacity:,} steps on {where} (size known after the first write)"
         total = self.bytes_per_step * capacity
         return (f"capacity {capacity:,} steps on {where}, {self.bytes_per_step / 1e3:.1f} kB per step, "
-                f"about {_human_bytes(total)} when full")
+                f"about {_human_bytes(total)} when full (plus one root observation per stored episode)")
+
+    def nbytes(self) -> int:
+        """Bytes held now: the stored rows (the whole preallocated capacity) and the side store."""
+        total = 0
+        stored = getattr(self.storage, "_storage", None)
+        if isinstance(stored, TensorDictBase):
+            total += sum(v.numel() * v.element_size() for v in stored.values(True, True))
+        if self._roots is not None:
+            total += sum(v.numel() * v.element_size() for v in self._roots.values(True, True))
+            total += self._root_owner.numel() * self._root_owner.element_size()
+        return total
 
     def episode_lengths(self) -> torch.Tensor:
         """Stored steps of each stored episode (or surviving piece), in id order."""
-        if len(self) == 0:
+        stored = self._storage_td()
+        if stored is None:
             return torch.zeros(0, dtype=torch.int64)
-        ids = self.storage.get(slice(0, len(self))).get(self.traj_key).reshape(-1)
+        ids = stored.get(self.traj_key)[: len(self)].reshape(-1)
         return torch.unique(ids, return_counts=True)[1]
+
+    def can_sample(self) -> bool:
+        """Whether a chunk fits: some stored episode (``cross_episodes``: stream piece) has
+        ``chunk_length`` steps.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> one_step = TensorDict({"obs": torch.zeros(6), ("next", "done"): torch.ones(6, 1, dtype=torch.bool)}, [6])
+            >>> per_episode = make_replay_buffer(50, batch_size=1, chunk_length=4)
+            >>> stream = make_replay_buffer(50, batch_size=1, chunk_length=4, cross_episodes=True)
+            >>> _ = per_episode.extend(one_step), stream.extend(one_step)
+            >>> per_episode.can_sample(), stream.can_sample()
+            (False, True)
+        """
+        stored = self._storage_td()
+        if stored is None:
+            return False
+        key = _STREAM_KEY if self.cross_episodes else self.traj_key
+        ids = stored.get(key)[: len(self)].reshape(-1)
+        return bool(torch.unique(ids, return_counts=True)[1].max() >= self.chunk_length)
 
     def add(self, data: TensorDictBase) -> int:
         """Adds one step (a tensordict with empty batch size); returns its storage index."""
@@ -267,6 +484,70 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         return index[0] if index.numel() == 1 else index
 
     # ----------------------------------------------------------------- sampling
+    def _rebuild(self, data: TensorDictBase, rows: torch.Tensor) -> TensorDictBase:
+        """Puts the root entries back into rows gathered from storage (``rows``: their indices)."""
+        slots = data.get(_ROOT_SLOT_KEY, None)
+        if _META in data.keys():
+            data = data.exclude(_META)
+        if slots is None or not self.root_keys:
+            return data
+        capacity = self.storage.max_size
+        rows = rows.reshape(-1).to(slots.device)
+        slots = slots.reshape(-1)
+        # a row's root entry is the next entry of the row gathered just before it when that
+        # one is its predecessor in storage (inside a chunk), else it is read from storage
+        follows = torch.zeros_like(rows, dtype=torch.bool)
+        follows[1:] = rows[1:] == (rows[:-1] + 1) % capacity
+        has_slot = slots >= 0
+        fetch = (~follows & ~has_slot).nonzero().squeeze(-1)
+        own = has_slot.nonzero().squeeze(-1)
+        stored = self.storage._storage
+        for key in self.root_keys:
+            nxt = data.get(("next", *key))
+            root = nxt.roll(1, 0)
+            if len(fetch):
+                root[fetch] = stored.get(("next", *key))[(rows[fetch] - 1) % capacity].to(root.device)
+            if len(own):
+                root[own] = self._roots.get(_key(key))[slots[own].to(self._roots.device)].to(root.device)
+            data.set(_key(key), root)
+        return data
+
+    def steps(self, index: torch.Tensor | slice | int) -> TensorDictBase:
+        """Stored rows as they were written (root observations included, no bookkeeping).
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> rb = make_replay_buffer(10, batch_size=1, chunk_length=2)
+            >>> obs = torch.arange(5.).unsqueeze(-1).expand(5, 16)  # 64 bytes per step
+            >>> _ = rb.extend(TensorDict({"observation": obs[:4], ("next", "observation"): obs[1:]}, [4]))
+            >>> rb.steps(slice(0, 4))["observation"][:, 0]
+            tensor([0., 1., 2., 3.])
+            >>> "observation" in rb.storage.get(slice(0, 4)).keys()  # stored once, under "next"
+            False
+        """
+        rows = torch.arange(len(self))[index].reshape(-1)
+        return self._rebuild(self.storage.get(rows), rows)
+
+    def _sample(self, batch_size: int) -> tuple[Any, dict]:
+        # TensorDictReplayBuffer._sample, with the root entries rebuilt before the transforms
+        with self._replay_lock, self._write_lock:
+            index, info = self._sampler.sample(self._storage, batch_size)
+            if self._sample_unit is not None:
+                index, info = self._sample_unit.expand(index, info, self._storage)
+            info["index"] = index
+            if self._writer.tracks_generations:
+                info["index_generation"] = self._writer.generations_of(index)
+            rows = index[0] if isinstance(index, tuple) else index
+            device = self._storage_device()
+            rows = rows.to(device)
+            data = self._rebuild(self._storage.get(rows), rows)
+        data = self._collate_fn(data)
+        if self._transform is not None and len(self._transform):
+            with data.unlock_(), _set_dispatch_td_nn_modules(True):
+                data = self._transform(data)
+        return data, info
+
     def sample(
         self, batch_size: int | None = None, return_info: bool = False, include_info: bool | None = None
     ) -> TensorDictBase | tuple[TensorDictBase, dict]:
@@ -282,9 +563,12 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
             out = super().sample(batch_size, return_info=True, include_info=include_info)
         except RuntimeError as err:
             if "sufficient length" in str(err):
+                what = ("stream piece (consecutive steps of one environment in one batch row)"
+                        if self.cross_episodes else "episode")
+                hint = "" if self.cross_episodes else " (episodes shorter than chunk_length are skipped)"
                 raise RuntimeError(
-                    f"SequenceReplayBuffer.sample: no stored episode has chunk_length={self.chunk_length} steps yet "
-                    f"(episodes shorter than chunk_length are skipped). Original error: {err}"
+                    f"SequenceReplayBuffer.sample: no stored {what} has chunk_length={self.chunk_length} steps yet"
+                    f"{hint}. Original error: {err}"
                 ) from err
             raise
         data, info = out
@@ -305,43 +589,34 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
         out["_episode_state"] = dict(self._episode_state)
+        out["_roots"] = {"keys": [list(k) for k in self.root_keys] if self.root_keys is not None else None,
+                         "data": None if self._roots is None else self._roots.to_dict(),
+                         "owner": self._root_owner}
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        episode_state = state_dict.pop("_episode_state", None)
+        episode_state = state_dict.pop("_episode_state")
+        roots = state_dict.pop("_roots")
         super().load_state_dict(state_dict)
-        self._episode_state = dict(episode_state) if episode_state is not None else _recover_episode_state(self)
+        self._episode_state = {**_fresh_episode_state(), **episode_state}
+        self.root_keys = None if roots["keys"] is None else [tuple(k) for k in roots["keys"]]
+        self._root_owner = roots["owner"]
+        self._roots = None if roots["data"] is None else TensorDict(
+            roots["data"], batch_size=[len(roots["owner"])], device=self._storage_device())
 
     def dumps(self, path: str | Path) -> None:
-        """TorchRL's ``dumps`` plus the episode counter (writes the whole capacity; see
-        :func:`save_replay_buffer` for a format that writes only the stored rows)."""
-        super().dumps(path)
-        with open(Path(path) / "episode_state.json", "w") as file:
-            json.dump(self._episode_state, file)
+        """Same as :func:`save_replay_buffer` (only the stored rows are written)."""
+        save_replay_buffer(self, path)
 
     def loads(self, path: str | Path) -> None:
-        super().loads(path)
-        file = Path(path) / "episode_state.json"
-        if file.exists():
-            with open(file) as f:
-                self._episode_state = json.load(f)
-        else:
-            self._episode_state = _recover_episode_state(self)
+        """Same as :func:`load_replay_buffer` into this buffer."""
+        load_replay_buffer(path, self)
 
     def empty(self, empty_write_count: bool = True) -> None:
         super().empty(empty_write_count=empty_write_count)
         self._episode_state = _fresh_episode_state()
-
-
-def _recover_episode_state(rb: SequenceReplayBuffer) -> dict[str, Any]:
-    """Best-effort episode counter for a buffer restored without it: continue after the max id."""
-    state = _fresh_episode_state()
-    if len(rb):
-        ids = rb.storage.get(slice(0, len(rb))).get(rb.traj_key, None)
-        if ids is not None:
-            state["next_id"] = int(ids.max()) + 1
-    return state
+        self._roots, self._root_owner = None, None  # root_keys stay: the storage keeps its layout
 
 
 def _human_bytes(n: float) -> str:
@@ -381,6 +656,7 @@ def make_replay_buffer(
     prefetch: int | None = None,
     generator: torch.Generator | None = None,
     storage_device: torch.device | str | None = None,
+    cross_episodes: bool = False,
 ) -> SequenceReplayBuffer:
     """Builds the sequence replay buffer: ``rb.sample()`` gives ``[batch_size, chunk_length]``.
 
@@ -388,8 +664,7 @@ def make_replay_buffer(
         capacity: maximum number of stored steps (transitions); the oldest are
             overwritten first.
         batch_size: chunks per sample (``B``; PlaNet: 50).
-        chunk_length: steps per chunk (``L``; PlaNet: 50). Chunks never cross an
-            episode boundary; shorter episodes are skipped.
+        chunk_length: steps per chunk (``L``; PlaNet: 50).
         device: where samples are returned (and, unless ``storage_device`` says
             otherwise, where a ``LazyTensorStorage`` lives: ``"cuda"`` keeps the whole
             buffer on the GPU).
@@ -402,7 +677,7 @@ def make_replay_buffer(
             ``bit_depth``). ``None`` returns the ``uint8`` pixels as stored.
         pixel_keys: the entries ``Dequantize`` converts (missing ones are skipped,
             so vector-observation data passes untouched).
-        traj_key: where the buffer writes its episode ids (the sampler's ``traj_key``).
+        traj_key: where the buffer writes its episode ids.
         exclude_keys: entries dropped before writing. Default
             :data:`DEFAULT_EXCLUDE_KEYS`: the policy's recorded ``state``/``belief``
             and warm-start ``plan`` (root and ``next``), which training never reads.
@@ -413,6 +688,11 @@ def make_replay_buffer(
         storage_device: where a ``LazyTensorStorage`` lives when it differs from
             ``device``, e.g. ``"cpu"`` storage with ``device="cuda"``: the buffer then
             fits in host memory and each sampled batch is moved to ``device``.
+        cross_episodes: ``False``: chunks never cross an episode boundary and episodes
+            shorter than ``chunk_length`` are skipped. ``True``: chunks are slices of
+            each environment's stream of steps and may cross episode boundaries, with
+            ``is_init`` set at every episode start (DreamerV3's replay; episodes of any
+            length train). See the module documentation.
 
     Examples:
         >>> import torch
@@ -431,6 +711,16 @@ def make_replay_buffer(
         (torch.Size([4, 5]), torch.float32)
         >>> bool((batch["episode"] == batch["episode"][:, :1]).all())
         True
+
+        Episodes of one step, sampled in chunks of 4 that cross them:
+
+        >>> rb = make_replay_buffer(100, batch_size=2, chunk_length=4, cross_episodes=True)
+        >>> _ = rb.extend(TensorDict({"observation": torch.arange(8.).unsqueeze(-1),
+        ...                           ("next", "observation"): torch.arange(1., 9.).unsqueeze(-1),
+        ...                           ("next", "terminated"): torch.ones(8, 1, dtype=torch.bool)}, [8]))
+        >>> batch = rb.sample()
+        >>> batch.shape, bool(batch["is_init"].all())
+        (torch.Size([2, 4]), True)
     """
     capacity = _check_int(capacity, "capacity")
     batch_size = _check_int(batch_size, "batch_size")
@@ -441,6 +731,8 @@ def make_replay_buffer(
         _check_int(dequantize_bits, "dequantize_bits")
         if dequantize_bits > 8:
             raise ValueError(f"make_replay_buffer: dequantize_bits must be in [1, 8] or None, got {dequantize_bits}.")
+    if not isinstance(cross_episodes, bool):
+        raise TypeError(f"make_replay_buffer: cross_episodes must be a bool, got {cross_episodes!r}.")
     device = torch.device(device)
     storage_device = device if storage_device is None else torch.device(storage_device)
     if memmap_dir is not None:
@@ -450,7 +742,7 @@ def make_replay_buffer(
         storage = LazyTensorStorage(capacity, device=storage_device)
     sampler = ChunkSliceSampler(
         slice_len=chunk_length,
-        traj_key=traj_key,
+        traj_key=_STREAM_KEY if cross_episodes else traj_key,
         strict_length=True,
         cache_values=True,  # boundaries are recomputed only after a write (storage revision)
     )
@@ -470,6 +762,7 @@ def make_replay_buffer(
         "pixel_keys": [_key_to_json(k) for k in pixel_keys],
         "traj_key": _key_to_json(traj_key),
         "exclude_keys": [_key_to_json(k) for k in exclude_keys],
+        "cross_episodes": cross_episodes,
     }
     return SequenceReplayBuffer(
         storage=storage,
@@ -481,18 +774,96 @@ def make_replay_buffer(
         chunk_length=chunk_length,
         traj_key=traj_key,
         exclude_keys=exclude_keys,
+        cross_episodes=cross_episodes,
         config=config,
     )
+
+
+# ------------------------------------------------------------------------ files
+_MANIFEST = "manifest.json"
+_CRC_BLOCK = 1 << 24
+
+
+def file_digest(path: Path) -> tuple[int, int]:
+    """``(size, crc32)`` of a file, read in 16 MB blocks."""
+    import zlib
+
+    crc, size = 0, 0
+    with open(path, "rb") as file:
+        while block := file.read(_CRC_BLOCK):
+            crc = zlib.crc32(block, crc)
+            size += len(block)
+    return size, crc
+
+
+def write_manifest(folder: str | Path, skip: Sequence[str] = (), extra: dict[str, Any] | None = None) -> Path:
+    """Writes ``folder/manifest.json``: size and CRC-32 of every file below ``folder``.
+
+    Files under the sub-folders named in ``skip`` (which carry their own manifest) are left
+    out; ``extra`` is stored beside the digests. Written last, so a folder whose manifest
+    exists and verifies (:func:`verify_manifest`) was written completely.
+    """
+    folder = Path(folder)
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or rel == _MANIFEST or rel.split("/")[0] in skip:
+            continue
+        files[rel] = list(file_digest(path))
+    tmp = folder / (_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": files, **(extra or {})}, indent=1))
+    tmp.replace(folder / _MANIFEST)
+    return folder / _MANIFEST
+
+
+def verify_manifest(folder: str | Path, error: type[Exception] = ReplayLoadError) -> dict[str, Any]:
+    """Checks every file listed in ``folder/manifest.json``; returns the manifest.
+
+    Raises ``error`` with one line naming the first file that is missing, truncated
+    (wrong size) or corrupted (wrong CRC-32).
+    """
+    folder = Path(folder)
+    path = folder / _MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise error(f"{path}: missing (the folder was not written completely).") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise error(f"{path}: unreadable ({type(err).__name__}: {err}).") from None
+    stats = []
+    for rel, (size, _) in files.items():
+        file = folder / rel
+        if not file.is_file():
+            raise error(f"{file}: missing.")
+        stat = file.stat()
+        if stat.st_size != size:
+            raise error(f"{file}: truncated or altered ({stat.st_size:,} bytes, {size:,} written).")
+        stats.append((rel, stat.st_size, stat.st_mtime_ns))
+    # a folder checked once is not read again while no file changed (a resume checks twice)
+    seen = (str(folder.resolve()), path.stat().st_mtime_ns, tuple(stats))
+    if seen in _VERIFIED:
+        return manifest
+    for rel, (_, crc) in files.items():
+        if file_digest(folder / rel)[1] != crc:
+            raise error(f"{folder / rel}: corrupted (CRC-32 differs from the one written).")
+    _VERIFIED.add(seen)
+    return manifest
+
+
+_VERIFIED: set[tuple] = set()
 
 
 def save_replay_buffer(rb: SequenceReplayBuffer, path: str | Path) -> Path:
     """Saves the buffer's stored rows, write cursor, episode counter and settings under ``path``.
 
-    Only the ``len(rb)`` stored rows are written (TorchRL's ``rb.dumps`` writes
-    the whole preallocated capacity), as memory-mapped files under
-    ``path/data``; ``path/config.json`` holds the :func:`make_replay_buffer`
-    arguments and ``path/state.pt`` the cursor and episode counter. Works for
-    both storages; the copy is independent of ``memmap_dir``.
+    Only the ``len(rb)`` stored rows are written (TorchRL's own ``dumps`` writes the
+    whole preallocated capacity), as memory-mapped files under ``path/data`` (and the
+    side store of root observations under ``path/roots``); ``path/config.json`` holds the
+    :func:`make_replay_buffer` arguments, ``path/state.pt`` the cursor and counters and
+    ``path/manifest.json`` (written last) every file's size and CRC-32, which
+    :func:`load_replay_buffer` checks. Works for both storages; the copy is independent of
+    ``memmap_dir``. ``rb.dumps(path)`` does the same.
 
     Examples:
         >>> import tempfile, torch
@@ -509,19 +880,24 @@ def save_replay_buffer(rb: SequenceReplayBuffer, path: str | Path) -> Path:
         raise TypeError(f"save_replay_buffer: rb must come from make_replay_buffer, got {type(rb).__name__}.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / _MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the manifest is back
     n = len(rb)
     if n:
-        data = rb.storage.get(slice(0, n))
-        data.memmap(prefix=path / "data", copy_existing=True, existsok=True)
+        rb.storage.get(slice(0, n)).memmap(prefix=path / "data", copy_existing=True, existsok=True)
+    if rb._roots is not None and len(rb._roots):
+        rb._roots.memmap(prefix=path / "roots", copy_existing=True, existsok=True)
     state = {
         "version": _FORMAT_VERSION,
         "len": n,
         "writer": {k: int(v) for k, v in rb.writer.state_dict().items()},
         "episodes": dict(rb._episode_state),
+        "root_keys": None if rb.root_keys is None else [list(k) for k in rb.root_keys],
+        "root_owner": None if rb._root_owner is None else rb._root_owner.clone(),
+        "bytes_per_step": rb.bytes_per_step,
     }
     torch.save(state, path / "state.pt")
-    with open(path / "config.json", "w") as file:
-        json.dump(rb.config, file, indent=1)
+    (path / "config.json").write_text(json.dumps(rb.config, indent=1))
+    write_manifest(path)
     return path
 
 
@@ -541,9 +917,9 @@ def load_replay_buffer(
         path: the directory given to :func:`save_replay_buffer`.
         rb: an existing buffer from :func:`make_replay_buffer` to load into (its
             contents are replaced; its device, storage kind, sampling shape and
-            transforms are kept). Its capacity and ``traj_key`` must match the
-            saved ones. A ``LazyMemmapStorage`` that has not been written yet may
-            overwrite memmap files left in its directory (e.g. by a killed run).
+            transforms are kept). Its capacity, ``traj_key`` and ``cross_episodes``
+            must match the saved ones. A ``LazyMemmapStorage`` that has not been written
+            yet may overwrite memmap files left in its directory (e.g. by a killed run).
             When ``rb`` is given, the keyword arguments below must be left out.
         device: for a new buffer: storage/sample device (default: the saved one).
         memmap_dir: for a new buffer: load into a ``LazyMemmapStorage`` there
@@ -558,13 +934,36 @@ def load_replay_buffer(
         positions, the write cursor (so the next write overwrites what it would
         have overwritten) and the episode counter are restored: sampling and
         extending continue as before the save.
+
+    Raises:
+        ReplayLoadError: a file is missing, truncated or corrupted, or was written by
+            another format version (one line naming the file). ``rb`` is left as it was.
     """
     path = Path(path)
-    if not (path / "config.json").exists() or not (path / "state.pt").exists():
-        raise FileNotFoundError(f"load_replay_buffer: {str(path)!r} has no config.json/state.pt from save_replay_buffer.")
-    with open(path / "config.json") as file:
-        cfg = json.load(file)
-    state = torch.load(path / "state.pt", weights_only=True)
+    if not path.is_dir():
+        raise ReplayLoadError(f"{path}: no saved replay buffer there (not a folder).")
+    verify_manifest(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ReplayLoadError(f"{path / 'config.json'}: unreadable ({type(err).__name__}: {err}).") from None
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- torch.load raises many kinds; all mean "cannot read"
+        raise ReplayLoadError(f"{path / 'state.pt'}: unreadable ({type(err).__name__}: {err}).") from None
+    if not isinstance(state, dict) or state.get("version") != _FORMAT_VERSION:
+        found = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise ReplayLoadError(f"{path / 'state.pt'}: replay format version {found!r}, this package reads "
+                              f"{_FORMAT_VERSION}.")
+    n = int(state["len"])
+    try:
+        data = TensorDict.load_memmap(path / "data") if n else None
+        roots = TensorDict.load_memmap(path / "roots") if (path / "roots").is_dir() else None
+    except Exception as err:  # noqa: BLE001
+        raise ReplayLoadError(f"{path}: stored rows unreadable ({type(err).__name__}: {err}).") from None
+    if data is not None and data.shape[0] != n:
+        raise ReplayLoadError(f"{path / 'data'}: {data.shape[0]} rows, state.pt says {n}.")
+    saved_cross = bool(cfg.get("cross_episodes", False))
     if rb is None:
         if memmap_dir is not None and Path(memmap_dir).resolve() == (path / "data").resolve():
             raise ValueError("load_replay_buffer: memmap_dir must differ from the saved data directory.")
@@ -580,6 +979,7 @@ def load_replay_buffer(
             exclude_keys=[_key_from_json(k) for k in cfg["exclude_keys"]],
             prefetch=prefetch,
             storage_device=None if device is not None or memmap_dir is not None else cfg.get("storage_device"),
+            cross_episodes=saved_cross,
         )
     else:
         if not isinstance(rb, SequenceReplayBuffer):
@@ -595,16 +995,21 @@ def load_replay_buffer(
             )
         if rb.traj_key != unravel_key(_key_from_json(cfg["traj_key"])):
             raise ValueError(f"load_replay_buffer: rb.traj_key={rb.traj_key!r}, saved {cfg['traj_key']!r}.")
+        if rb.cross_episodes != saved_cross:
+            raise ValueError(f"load_replay_buffer: rb.cross_episodes={rb.cross_episodes}, saved {saved_cross}.")
         rb.empty()
     if isinstance(rb.storage, LazyMemmapStorage) and not rb.storage.initialized:
         rb.storage.existsok = True
-    n = int(state["len"])
     if n:
-        data = TensorDict.load_memmap(path / "data")
         index = torch.arange(n)
         rb.storage.set(index, data)
         rb.sampler.extend(index)
-        rb.bytes_per_step = sum(v[0].numel() * v.element_size() for v in data.values(True, True))
     rb.writer.load_state_dict(state["writer"])
-    rb._episode_state = dict(state["episodes"])
+    rb._episode_state = {**_fresh_episode_state(), **state["episodes"]}
+    rb.root_keys = None if state["root_keys"] is None else [tuple(k) for k in state["root_keys"]]
+    rb._root_owner = state["root_owner"]
+    rb._roots = None if roots is None else roots.to(rb._storage_device()).clone()
+    if rb._roots is None:  # an empty side store is not written
+        rb._root_owner = None
+    rb.bytes_per_step = state["bytes_per_step"]
     return rb

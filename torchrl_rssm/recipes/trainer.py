@@ -44,7 +44,7 @@ from ..data import load_replay_buffer, make_replay_buffer
 from ..objectives import NonFiniteInputError
 from .agent import Agent
 from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
-                         saved_config, set_rng_state, write_checkpoint)
+                         resume_checkpoint, saved_config, set_rng_state, write_checkpoint)
 from .collection import (TEST_SEED_OFFSET, Collection, EnvFactory, WorkerFailure, check_layout,
                          finished_episode_returns, first_episode_returns, keep_num_threads, make_collector,
                          make_test_env)
@@ -444,7 +444,9 @@ class Trainer:
         return path
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_dir / "state.pt", map_location=self.device, weights_only=False)
+        # the newest checkpoint that passes every check (else the previous one, with a warning)
+        folder, state = resume_checkpoint(self.logdir, algo=self.cfg.algo, map_location=self.device,
+                                          replay=self._restore_buffer)
         self.agent.load_state_dict({k: state[k] for k in state["agent_keys"]})
         self.counters.update(state["counters"])
         self.last_test_return = state["last_test_return"]
@@ -452,7 +454,7 @@ class Trainer:
         set_rng_state(state["rng"])
         if not self._restore_buffer:
             return
-        self.buffer = load_replay_buffer(self.checkpoint_dir / "replay", self.buffer)
+        self.buffer = load_replay_buffer(folder / "replay", self.buffer)
         if len(self.buffer):  # else at the first write, when the row layout is known
             self._buffer_reported = True
             _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
