@@ -341,5 +341,5 @@ def test_state_run_logs_labelled_pictures_into_one_run_folder_and_keeps_the_rng(
     image = torch.from_numpy(np.array(Image.open(io.BytesIO(encoded)).convert("RGB"))).reshape(-1, 3).float()
     assert image.std(0).sum() > 0 and (image[:, 0] != image[:, 2]).any()  # coloured lines, not a grey map
     # the hparams live in the run itself: no extra timestamped folder beside it
-    assert [p.name for p in Path(cfg.logdir).iterdir() if p.is_dir()] == ["checkpoint"]
+    assert all(p.name.startswith("checkpoint") for p in Path(cfg.logdir).iterdir() if p.is_dir())
     assert acc.PluginTagToContent("hparams")

@@ -115,9 +115,14 @@ def test_checkpoint_of_an_older_version_gets_a_one_line_error(tmp_path, capsys):
     del old["model_lr"], old["channels"]
     with pytest.raises(ValueError, match=r"older torchrl_rssm .*\['conv_channels', 'lr'\].*cannot be loaded"):
         from_dict(old)
-    (tmp_path / "checkpoint").mkdir()
-    torch.save({"config": old}, tmp_path / "checkpoint" / "state.pt")
-    assert main(["eval", "--checkpoint", str(tmp_path)]) == 2
+    from torchrl_rssm.recipes import Trainer
+    from torchrl_rssm.recipes.checkpoint import write_checkpoint
+
+    cfg = preset("tiny")
+    cfg.logdir, cfg.progress = str(tmp_path / "run"), False
+    trainer = Trainer(cfg)
+    write_checkpoint(tmp_path / "old", dict(trainer.state_dict(), config=old), trainer.buffer)  # a whole checkpoint
+    assert main(["eval", "--checkpoint", str(tmp_path / "old")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "older torchrl_rssm" in err
 
