@@ -43,8 +43,8 @@ from tqdm import tqdm
 from ..data import load_replay_buffer, make_replay_buffer
 from ..objectives import NonFiniteInputError
 from .agent import Agent
-from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, get_rng_state,
-                         resume_checkpoint, saved_config, set_rng_state, write_checkpoint)
+from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, find_generators,
+                         get_rng_state, resume_checkpoint, saved_config, set_rng_state, write_checkpoint)
 from .collection import (TEST_SEED_OFFSET, Collection, EnvFactory, WorkerFailure, check_layout,
                          finished_episode_returns, first_episode_returns, keep_num_threads, make_collector,
                          make_test_env)
@@ -421,11 +421,12 @@ class Trainer:
         Runs on a copy of the RNG states: drawing a batch and the model's latent samples here
         leaves the run's random stream (and so its returns) as it would be without pictures.
         """
-        rng = get_rng_state()
+        generators = find_generators(agent=self.agent, buffer=self.buffer)  # and any the parts hold
+        rng = get_rng_state(generators)
         try:
             self.agent.log_predictions(self.buffer.sample(), self.logger, self.counters["env_steps"])
         finally:
-            set_rng_state(rng)
+            set_rng_state(rng, generators)
 
     # ----------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
