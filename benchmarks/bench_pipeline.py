@@ -33,7 +33,7 @@ from _common import parse_args, report, row  # noqa: E402
 from torchrl.collectors import Collector  # noqa: E402
 from torchrl.envs.utils import ExplorationType  # noqa: E402
 
-from torchrl_rssm.recipes import PlaNetTrainer, preset  # noqa: E402
+from torchrl_rssm.recipes import Trainer, preset  # noqa: E402
 
 
 DEFAULT_THREADS = torch.get_num_threads()
@@ -43,7 +43,7 @@ def measure(name: str, cfg, steps: int, updates: int, device: str) -> list[dict]
     cfg.device, cfg.progress, cfg.test_every, cfg.video_every, cfg.checkpoint_every = device, False, 0, 0, 0
     cfg.logdir = tempfile.mkdtemp(prefix="bench_pipeline_")
     torch.set_num_threads(DEFAULT_THREADS)  # the preset's num_threads (if any) applies below
-    trainer = PlaNetTrainer(cfg)
+    trainer = Trainer(cfg)
     # fill the buffer with random episodes so that updates can sample [B, L] chunks
     collector = Collector(trainer.env, None, frames_per_batch=trainer.episode_steps, total_frames=-1,
                           storing_device=trainer.device)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = load_trainer(args.logdir, progress=False)
     truth, prediction = predictions(trainer, args.sequences, args.context)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    title = (f"{trainer.cfg.env} from pixels, after {trainer.counters['episodes']} episodes, "
+    title = (f"{trainer.cfg.env} from pixels, after {trainer.collected} episodes, "
              f"{trainer.counters['updates']} updates")
     save_png(truth, prediction, args.out, args.context, args.every, title)
     print(f"wrote {args.out}")

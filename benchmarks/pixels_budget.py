@@ -5,10 +5,10 @@ random episodes, then times ``--updates`` gradient steps and one collected agent
 (planning every step), and prints the estimated wall time of the whole run
 (``episodes x (updates_per_episode x update + episode)`` plus tests), optionally with a
 ``torch.profiler`` summary of one update. Sizes can be varied with ``--set`` (the conv
-width: ``--set conv_channels=N``, PlaNet's 32).
+width: ``--set channels=N``, PlaNet's 32).
 
     python benchmarks/pixels_budget.py                               # the preset as it is
-    python benchmarks/pixels_budget.py --set batch_size=8 --set conv_channels=32 --profile
+    python benchmarks/pixels_budget.py --set batch_size=8 --set channels=32 --profile
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def measure(name: str, overrides: list[str], updates: int, profile: bool) -> dic
     estimate = (cfg.episodes * (cfg.updates_per_episode * per_update + per_episode)
                 + tests * per_step * trainer.episode_steps * 1.5)  # a test batch: ~1.5x one episode
     params = sum(p.numel() for p in trainer.world_model.parameters())
-    out = {"preset": name, "overrides": overrides, "conv_channels": cfg.conv_channels, "threads": torch.get_num_threads(),
+    out = {"preset": name, "overrides": overrides, "channels": cfg.channels, "threads": torch.get_num_threads(),
            "params": params, "s_per_update": round(per_update, 3), "s_per_agent_step": round(per_step, 4),
            "s_per_episode_collect": round(per_episode, 1), "episodes": total_eps,
            "updates_per_episode": cfg.updates_per_episode, "estimated_run_min": round(estimate / 60, 1)}

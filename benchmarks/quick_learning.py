@@ -112,7 +112,7 @@ def plot_curves(summary: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps_per_episode = summary["env_steps"] / summary["episodes"]
+    steps_per_episode = summary["env_steps"] / (summary.get("seed_episodes", 0) + summary["episodes"])
     fig, ax = plt.subplots(figsize=(7, 4))
     low, high = summary["random_mean"] - (summary["random_std"] or 0), summary["random_mean"] + (summary["random_std"] or 0)
     ax.axhspan(low, high, color="grey", alpha=0.25, label="random policy (mean ± std)")
@@ -182,7 +182,7 @@ def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float]
         "random_std": round(statistics.stdev(rand), 1) if len(rand) > 1 else None,
         "random_episodes": len(rand),
         "wall_s": [r["wall_s"] for r in runs],
-        "episodes": runs[0]["episodes"], "env_steps": runs[0]["env_steps"], "updates": runs[0].get("updates"),
+        "seed_episodes": runs[0].get("seed_episodes", 0), "episodes": runs[0]["episodes"], "env_steps": runs[0]["env_steps"], "updates": runs[0].get("updates"),
         "jobs": args.jobs, "threads_per_run": cfg.num_threads,
         "partial": any(r.get("partial") for r in runs),
     }

@@ -97,7 +97,7 @@ class SoakTrainer(Trainer):
 
     def _store_episode(self, episode):
         ret = super()._store_episode(episode)
-        row = {"episode": self.counters["episodes"] + 1, "train_return": ret}
+        row = {"episode": self.collected + 1, "train_return": ret}
         self._measure(row)
         self.rows.append(row)
         return ret

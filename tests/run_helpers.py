@@ -13,7 +13,7 @@ import torch
 
 def train_and_kill_after(logdir: Path, args: list[str], min_episodes: int = 4, timeout_s: float = 150) -> dict:
     """Starts ``torchrl-rssm train --logdir logdir <args>``, SIGKILLs it once a checkpoint holds
-    ``min_episodes`` episodes, and returns the last complete checkpoint's state."""
+    ``min_episodes`` collected episodes (seed episodes included), and returns the last complete checkpoint's state."""
     cmd = [sys.executable, "-m", "torchrl_rssm.cli", "train", "--logdir", str(logdir), "--no-progress", *args]
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -26,7 +26,7 @@ def train_and_kill_after(logdir: Path, args: list[str], min_episodes: int = 4, t
                     saved = torch.load(state_path, weights_only=False)
                 except Exception:  # being renamed into place right now
                     saved = None
-                if saved is not None and saved["counters"]["episodes"] >= min_episodes:
+                if saved is not None and saved["counters"]["seed_episodes"] + saved["counters"]["episodes"] >= min_episodes:
                     break
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

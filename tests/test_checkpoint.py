@@ -171,13 +171,13 @@ def test_trainer_resumes_from_previous_checkpoint_when_state_pt_is_truncated(tmp
     Trainer(cfg).train()
     newest = load_state(tmp_path / "run" / CHECKPOINT_DIR)["counters"]
     previous = load_state(tmp_path / "run" / PREVIOUS_DIR)["counters"]
-    assert newest["episodes"] == 4 and previous["episodes"] < 4
+    assert newest["seed_episodes"] + newest["episodes"] == 4 and previous["episodes"] < newest["episodes"]
     _truncate(tmp_path / "run" / CHECKPOINT_DIR / "state.pt", keep=0.1)
     with pytest.warns(RuntimeWarning, match="state.pt: truncated.*lost"):
         resumed = Trainer(preset_config("tiny", tmp_path, seed_episodes=2, episodes=2, test_every=0,
                                         video_every=0), resume=True)
     assert resumed.counters == previous
-    assert len(resumed.buffer) == previous["episodes"] * cfg.max_episode_steps
+    assert len(resumed.buffer) == (previous["seed_episodes"] + previous["episodes"]) * cfg.max_episode_steps
 
 
 def test_cli_resume_with_every_checkpoint_broken_is_one_line_exit_2(tmp_path, capsys):

@@ -30,7 +30,7 @@ def test_env_resets_the_presets_task_settings_unless_set():
     assert make_env("gym:Pendulum-v1", from_pixels=False, action_repeat=cfg.action_repeat and None).action_repeat == 1
     text = _parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--env changes the task and resets" in text and "action_repeat" in text
-    assert "lambda_reward = 1.0:" in text  # field docs
+    assert "lambda_reward = 10.0:" in text  # field docs, with the values of the preset that runs (quick)
 
 
 def test_override_errors_suggest_and_name_the_type():
@@ -39,9 +39,9 @@ def test_override_errors_suggest_and_name_the_type():
     with pytest.raises(ValueError, match="expected an integer"):
         apply_overrides(preset("tiny"), ["batch_size=3.5"])
     with pytest.raises(ValueError, match="expected a number"):
-        apply_overrides(preset("tiny"), ["lr=fast"])
-    with pytest.raises(ValueError, match="'horizon' was renamed to 'planning_horizon'"):
-        apply_overrides(preset("tiny"), ["horizon=3"])
+        apply_overrides(preset("tiny"), ["model_lr=fast"])
+    with pytest.raises(ValueError, match="unknown field 'lr'. Did you mean"):
+        apply_overrides(preset("tiny"), ["lr=3e-4"])
     with pytest.raises(ValueError, match="did you mean 'quick'"):
         preset("quik")
 
@@ -104,10 +104,10 @@ def test_resume_keeps_the_runs_settings_and_streams_stay_apart(tmp_path, capsys)
     lines = out.strip().splitlines()
     assert len(lines) == 1, out  # only the result on stdout
     result = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
-    assert result["episodes"] == cfg.seed_episodes + 2  # the run's count (the tiny preset says 1)
-    assert "\x1b[" not in err and "\x1b[" not in out  # no colour codes off a terminal
-    assert "[torchrl][INFO]" in err  # torchrl's log lines land on stderr
-    assert "episode 4/4" in err and "replay buffer: capacity" in err  # --no-progress status lines
+    assert result["episodes"] == 2 and result["seed_episodes"] == cfg.seed_episodes  # the run's (tiny says 1)
+    assert "\x1b[" not in err and "\x1b[" not in out  # no colour codes
+    assert "Initialized LazyTensorStorage" not in err  # torchrl's INFO lines repeat ours: not shown
+    assert "episode 2/2 (after 2 seed episodes)" in err and "replay buffer: capacity" in err  # status lines
     saved = torch.load(f"{logdir}/checkpoint/state.pt", weights_only=False)["config"]
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == saved
 
@@ -141,3 +141,89 @@ def test_eval_loads_models_without_the_replay_buffer(tmp_path):
     assert light.counters == full.counters
     for (name, a), b in zip(full.agent.world_model.state_dict().items(), light.agent.world_model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def _help(*argv) -> str:
+    from torchrl_rssm.cli import _chosen_preset
+
+    parser = _parser(_chosen_preset(list(argv)))
+    text = parser.format_help() if not argv else \
+        parser._subparsers._group_actions[0].choices[argv[0]].format_help()
+    return text if argv and argv[0] == "train" else " ".join(text.split())  # argparse wraps flag help
+
+
+def test_help_texts_are_true_and_show_the_presets_that_runs():
+    top = _help()
+    assert "when available" not in top and "Dreamer" in top and "torchrun" in top
+    quick = _help("train")
+    assert "values of the preset 'quick'" in quick and "episodes = 35:" in quick and "planning_horizon = 12:" in quick
+    assert "torchrl-rssm presets" in quick
+    dreamer = _help("train", "--preset", "dreamer-tiny")
+    assert "values of the preset 'dreamer-tiny'" in dreamer and "imagination_horizon = 4:" in dreamer
+    assert "planning_horizon" not in dreamer  # a Dreamer run has no planner fields
+    assert "values of the preset 'dreamer-quick'" in _help("train", "--algo=dreamer")
+    evaluation = _help("eval")
+    assert "(default: 5)" in evaluation and "the run's own device" in evaluation
+    for text in (top, quick, dreamer, evaluation):
+        assert "issue" not in text.lower() and "this release" not in text.lower()
+
+
+def test_train_twice_without_logdir_starts_a_new_run_and_counts_agent_episodes(tmp_path, monkeypatch, capsys):
+    """A second `torchrl-rssm train` must not fail: it writes runs/<name>-2. `--set episodes=N` ends
+    with "episodes": N (counted after the seed episodes, as the help says)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--preset", "tiny", "--no-progress", "--set", "episodes=2", "--set", "test_every=2",
+            "--set", "checkpoint_every=1", "--set", "video_every=0"]
+    results = []
+    for _ in range(2):
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        results.append(json.loads(out))
+        assert "nan" not in err  # no "test_return nan" before the first test
+        first_status = next(line for line in err.splitlines() if "episode " in line)
+        assert "test_return" not in first_status
+    assert [r["logdir"] for r in results] == ["runs/planet-tiny", "runs/planet-tiny-2"]
+    assert results[0]["episodes"] == 2 and results[0]["seed_episodes"] == 2
+    # with --logdir a taken folder is refused, but only once every setting has been checked
+    taken = ["train", "--preset", "tiny", "--logdir", "runs/planet-tiny"]
+    assert main([*taken, "--set", "chunk_length=999"]) == 2
+    assert "chunk_length=999" in capsys.readouterr().err
+    assert main([*taken, "--device", "cuda:99"]) == 2
+    assert "cuda:99" in capsys.readouterr().err
+    assert main(taken) == 2
+    assert "holds a checkpoint" in capsys.readouterr().err
+
+
+def test_progress_bar_ends_with_the_last_loss_and_eval_reports_progress(tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    assert main(["train", "--preset", "tiny", "--logdir", logdir, "--set", "video_every=0"]) == 0
+    err = capsys.readouterr().err
+    assert "loss=-" not in err and "loss=" in err.rsplit("\r", 1)[-1]  # the final bar shows the last loss
+    assert "\x1b[" not in err
+    assert main(["eval", "--checkpoint", logdir, "--episodes", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["episodes"] == 2
+    assert "2 test episodes" in err and "20/20" in err  # a progress bar over the episodes' steps
+    assert "XDG_RUNTIME_DIR" not in err
+
+
+def test_gym_run_evaluates_with_a_video_and_no_display_noise(tmp_path):
+    """Headless, Gymnasium renders through pygame: no "XDG_RUNTIME_DIR is invalid" from SDL's Wayland probe."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "SDL_VIDEODRIVER")}
+    run = [sys.executable, "-m", "torchrl_rssm.cli"]
+    logdir = str(tmp_path / "run")
+    train = subprocess.run([*run, "train", "--preset", "tiny", "--env", "gym:Pendulum-v1", "--logdir", logdir,
+                            "--set", "max_episode_steps=20", "--set", "video_every=0", "--set", "test_every=0",
+                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    gif = tmp_path / "eval.gif"
+    ev = subprocess.run([*run, "eval", "--checkpoint", logdir, "--episodes", "2", "--video", str(gif)], env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert gif.read_bytes()[:6] == b"GIF89a"
+    assert "XDG_RUNTIME_DIR" not in ev.stderr + train.stderr and "error" not in ev.stderr.lower()

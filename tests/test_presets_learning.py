@@ -42,11 +42,11 @@ def test_env_changes_only_the_task(ql):
 
 
 def test_cli_args_and_output_names(ql):
-    args = _args(ql, "--env", "gym:Pendulum-v1", "--set", "lr=1e-3")
-    assert ql.cli_args(args, seed=3) == ["--preset", "quick", "--env", "gym:Pendulum-v1", "--set", "lr=1e-3",
+    args = _args(ql, "--env", "gym:Pendulum-v1", "--set", "model_lr=1e-3")
+    assert ql.cli_args(args, seed=3) == ["--preset", "quick", "--env", "gym:Pendulum-v1", "--set", "model_lr=1e-3",
                                          "--seed", "3"]
     cfg = ql.run_config(args)
-    assert ql.output_path(args, cfg).name == "learning_quick_gym-Pendulum-v1_lr-1e-3.json"  # not the plain run's
+    assert ql.output_path(args, cfg).name == "learning_quick_gym-Pendulum-v1_model_lr-1e-3.json"  # not the plain run's
     task_only = _args(ql, "--env", "gym:Pendulum-v1")
     assert ql.output_path(task_only, ql.run_config(task_only)).name == "learning_quick_gym-Pendulum-v1.json"
     plain = _args(ql)
@@ -130,16 +130,16 @@ def test_quick_pixels_preset_sizes():
     """64x64 pixels, half-width convs, the quick preset's RSSM and planner, a buffer sized from the run."""
     quick, pixels = preset("quick"), preset("quick-pixels")
     assert pixels.from_pixels and pixels.image_size == 64 and pixels.env == quick.env
-    assert pixels.conv_channels == 16 and quick.conv_channels == 32 == preset("cartpole-swingup").conv_channels
+    assert pixels.channels == 16 and quick.channels == 32 == preset("cartpole-swingup").channels
     for field in ("state_dim", "belief_dim", "hidden_dim", "planning_horizon", "num_candidates", "action_repeat"):
         assert getattr(pixels, field) == getattr(quick, field), field
     assert pixels.buffer_capacity is None  # (5 + 60) x 125 steps, not 100k steps of 24.6 kB reserved at once
 
 
-def test_conv_channels_reach_the_world_model(tmp_path):
+def test_channels_reach_the_world_model(tmp_path):
     from torchrl_rssm.recipes import Trainer, apply_overrides
 
-    cfg = apply_overrides(preset("tiny"), ["from_pixels=true", "conv_channels=8", f"logdir={tmp_path}"])
+    cfg = apply_overrides(preset("tiny"), ["from_pixels=true", "channels=8", f"logdir={tmp_path}"])
     wm = Trainer(cfg).world_model
     convs = [m for m in wm.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 32, 64]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from run_helpers import preset_config, tensorboard_tags, train_and_kill_after
+
 from torchrl_rssm.cli import main
+from torchrl_rssm.recipes import ConfigMismatchError, Trainer, resolve_device
 from torchrl_rssm.recipes.config import apply_overrides, preset
-from torchrl_rssm.recipes.planet import ConfigMismatchError, PlaNetTrainer, resolve_device
 
 
 def tiny(tmp_path: Path, **overrides):
@@ -25,10 +25,10 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
     """Two seed episodes, a few updates, one planned episode, a batched test episode."""
     start = time.perf_counter()
     cfg = tiny(tmp_path, from_pixels=True)
-    trainer = PlaNetTrainer(cfg)
+    trainer = Trainer(cfg)
     result = trainer.train()
     assert time.perf_counter() - start < 120
-    assert result["episodes"] == cfg.seed_episodes + cfg.episodes
+    assert (result["seed_episodes"], result["episodes"]) == (cfg.seed_episodes, cfg.episodes)
     assert result["updates"] == cfg.updates_per_episode * cfg.episodes
     assert result["env_steps"] == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps * cfg.action_repeat
     assert len(trainer.buffer) == (cfg.seed_episodes + cfg.episodes) * cfg.max_episode_steps
@@ -71,7 +71,7 @@ def test_whole_loop_from_pixels_logs_scalars_images_videos(tmp_path):
 
 
 def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):
-    trainer = PlaNetTrainer(tiny(tmp_path))
+    trainer = Trainer(tiny(tmp_path))
     trainer.cfg.seed_episodes, trainer.cfg.episodes = 2, 0
     trainer.train()  # fills the buffer with the seed episodes
     storage = trainer.buffer.storage
@@ -93,31 +93,31 @@ def test_unavailable_device_unknown_env_and_bad_overrides_are_named(tmp_path):
     with pytest.raises(ValueError, match="not a valid torch device"):
         resolve_device("gpu0")
     with pytest.raises(ValueError, match="cartpole"):  # the message lists what is available
-        PlaNetTrainer(tiny(tmp_path, env="dmc:cartpol-swingup"))
+        Trainer(tiny(tmp_path, env="dmc:cartpol-swingup"))
     with pytest.raises(ValueError, match="unknown field 'learning_rate'"):
         apply_overrides(preset("tiny"), ["learning_rate=1"])
     with pytest.raises(ValueError, match="expected a number"):
-        apply_overrides(preset("tiny"), ["lr=fast"])
+        apply_overrides(preset("tiny"), ["model_lr=fast"])
     assert main(["train", "--preset", "tiny", "--device", "cuda:99", "--logdir", str(tmp_path / "x")]) == 2
 
 
 def test_wrong_observation_shape_for_the_model_is_named(tmp_path):
-    trainer = PlaNetTrainer(tiny(tmp_path))
+    trainer = Trainer(tiny(tmp_path))
     batch = trainer.env.rollout(3).unsqueeze(0)
     batch["next", "observation"] = batch["next", "observation"][..., :-1]  # one dim short
     with pytest.raises(ValueError, match="observation"):
-        trainer.loss_module(batch)
+        trainer.agent.loss_module(batch)
 
 
 def test_checkpoint_from_another_configuration_is_refused(tmp_path):
     cfg = tiny(tmp_path)
     cfg.seed_episodes, cfg.episodes = 2, 0
-    PlaNetTrainer(cfg).train()
+    Trainer(cfg).train()
     other = tiny(tmp_path, belief_dim=32)
     with pytest.raises(ConfigMismatchError, match="belief_dim: checkpoint=16, now=32"):
-        PlaNetTrainer(other, resume=True)
+        Trainer(other, resume=True)
     with pytest.raises(FileExistsError, match="--resume"):
-        PlaNetTrainer(tiny(tmp_path))  # an existing run is not overwritten silently
+        Trainer(tiny(tmp_path))  # an existing run is not overwritten silently
 
 
 def test_killed_run_resumes_with_same_buffer_counters_and_config(tmp_path):
@@ -127,21 +127,22 @@ def test_killed_run_resumes_with_same_buffer_counters_and_config(tmp_path):
     cfg = preset("tiny")
     apply_overrides(cfg, ["episodes=40", "test_every=0", "video_every=0", "progress=false"])
     cfg.logdir = str(logdir)
-    resumed = PlaNetTrainer(cfg, resume=True)
+    resumed = Trainer(cfg, resume=True)
     assert resumed.counters == saved["counters"]
-    assert len(resumed.buffer) == saved["counters"]["episodes"] * cfg.max_episode_steps
+    collected = saved["counters"]["seed_episodes"] + saved["counters"]["episodes"]
+    assert len(resumed.buffer) == collected * cfg.max_episode_steps
     assert resumed.cfg.to_dict() == dict(saved["config"], logdir=str(logdir))
     for name, tensor in resumed.world_model.state_dict().items():
         torch.testing.assert_close(tensor, saved["world_model"][name])
     # and it goes on: two more planned episodes with one block of C updates between them
     # (the updates before the first were done before the checkpoint was written)
-    resumed.cfg.episodes = saved["counters"]["episodes"] - cfg.seed_episodes + 2
+    resumed.cfg.episodes = saved["counters"]["episodes"] + 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = resumed.train()
     assert result["episodes"] == saved["counters"]["episodes"] + 2
     assert result["updates"] == saved["counters"]["updates"] + cfg.updates_per_episode
-    assert len(resumed.buffer) == result["episodes"] * cfg.max_episode_steps
+    assert len(resumed.buffer) == (result["seed_episodes"] + result["episodes"]) * cfg.max_episode_steps
 
 
 def test_exploration_modes_buffer_sized_from_run_and_no_latents_stored(tmp_path, capsys):
@@ -197,7 +198,7 @@ def test_episodes_shorter_than_chunk_length_are_refused_clearly(tmp_path, capsys
     from torchrl_rssm.recipes import EpisodeTooShortError
 
     with pytest.raises(EpisodeTooShortError, match=r"max_episode_steps=5 .*chunk_length=8"):
-        PlaNetTrainer(tiny(tmp_path, max_episode_steps=5))
+        Trainer(tiny(tmp_path, max_episode_steps=5))
     # CartPole at repeat 8 terminates after a few agent steps: refused once the seed episodes are in
     argv = ["train", "--preset", "tiny", "--env", "gym:CartPole-v1", "--set", "action_repeat=8",
             "--logdir", str(tmp_path / "cartpole"), "--no-progress", "--set", "test_every=0"]
@@ -273,11 +274,11 @@ def test_trainer_core_runs_any_agent_on_the_protocol(tmp_path):
 
 def test_returns_count_one_episode_on_tasks_that_end_early(tmp_path):
     """CartPole ends episodes early: a collected batch holds several, a test rollout runs past done."""
-    from torchrl_rssm.recipes.trainer import finished_episode_returns, first_episode_returns
+    from torchrl_rssm.recipes.collection import finished_episode_returns, first_episode_returns
 
     cfg = tiny(tmp_path, env="gym:CartPole-v1", action_repeat=1, max_episode_steps=60, seed_episodes=2,
                episodes=0, test_every=0, video_every=0, chunk_length=4)
-    trainer = PlaNetTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.train()
     acc, tags = _tags(cfg.logdir)
     train_returns = [e.value for e in acc.Scalars("train/episode_return")]
@@ -293,3 +294,52 @@ def test_returns_count_one_episode_on_tasks_that_end_early(tmp_path):
     batch = rollout[0]
     lengths = torch.diff(torch.cat([torch.tensor([-1]), torch.nonzero(done[0]).squeeze(-1)]))
     torch.testing.assert_close(finished_episode_returns(batch), lengths.float())
+
+
+def _drift_env(seed):
+    """An environment built in code (a module-level function: picklable)."""
+    from torchrl_rssm.envs import make_env
+
+    return make_env("gym:Pendulum-v1", from_pixels=False, max_episode_steps=20, seed=seed)
+
+
+def test_trainer_runs_an_environment_built_in_code(tmp_path):
+    from torchrl_rssm.recipes import Trainer
+
+    seeds = []
+
+    def env_fn(seed):
+        seeds.append(seed)
+        return _drift_env(seed)
+
+    cfg = tiny(tmp_path, env="my-pendulum", video_every=1, test_episodes=2)  # cfg.env only names the run
+    trainer = Trainer(cfg, env_fn=env_fn)
+    result = trainer.train()
+    assert (result["seed_episodes"], result["episodes"], result["env_steps"]) == (2, 1, 60)
+    assert seeds[0] == cfg.seed and len(seeds) >= 1 + 2  # the training env, then each test batch's envs
+    assert trainer.env.observation_spec["observation"].shape == (3,)  # Pendulum's, not cartpole's
+    with pytest.raises(TypeError, match="expected a TorchRL environment"):
+        Trainer(tiny(tmp_path / "bad"), env_fn=lambda seed: "not an env")
+
+
+def test_state_run_logs_labelled_pictures_into_one_run_folder_and_keeps_the_rng(tmp_path):
+    from PIL import Image
+
+    cfg = tiny(tmp_path, video_every=1, episodes=0, test_every=0)
+    trainer = Trainer(cfg)
+    trainer.train()
+    rng = torch.get_rng_state()
+    trainer.log_predictions()
+    assert torch.equal(torch.get_rng_state(), rng)  # pictures draw no numbers from the run's stream
+    trainer.logger.experiment.flush()
+    acc, tags = _tags(cfg.logdir)
+    assert "model/open_loop_prediction" in tags["images"]
+    encoded = acc.Images("model/open_loop_prediction")[-1].encoded_image_string
+    import io
+
+    import numpy as np
+    image = torch.from_numpy(np.array(Image.open(io.BytesIO(encoded)).convert("RGB"))).reshape(-1, 3).float()
+    assert image.std(0).sum() > 0 and (image[:, 0] != image[:, 2]).any()  # coloured lines, not a grey map
+    # the hparams live in the run itself: no extra timestamped folder beside it
+    assert all(p.name.startswith("checkpoint") for p in Path(cfg.logdir).iterdir() if p.is_dir())
+    assert acc.PluginTagToContent("hparams")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from run_helpers import preset_config, tensorboard_tags, train_and_kill_after
+
 from torchrl_rssm.cli import _parser, main, train_config
 from torchrl_rssm.policies import DreamerPolicy
 from torchrl_rssm.recipes import Trainer, apply_overrides, preset
@@ -26,7 +26,8 @@ def test_algo_dreamer_picks_the_dreamer_presets():
     assert cfg.algo == "dreamer" and cfg.logdir == preset("dreamer-quick").logdir
     assert cfg.imagination_horizon == 15 and cfg.actor_lr == preset("dreamer-quick").actor_lr
     paper = preset("dreamer-walker-walk")
-    assert (paper.action_repeat, paper.lr, paper.actor_lr, paper.value_lr, paper.grad_clip) == (2, 6e-4, 8e-5, 8e-5, 100)
+    assert (paper.action_repeat, paper.model_lr, paper.actor_lr, paper.value_lr, paper.grad_clip) == \
+        (2, 6e-4, 8e-5, 8e-5, 100)
     assert (paper.batch_size, paper.chunk_length, paper.updates_per_episode, paper.seed_episodes) == (50, 50, 100, 5)
 
 
@@ -35,7 +36,7 @@ def test_dreamer_whole_loop_from_pixels_logs_losses_behaviour_and_pictures(tmp_p
     trainer = Trainer(cfg)
     assert isinstance(trainer.agent, DreamerAgent) and isinstance(trainer.agent.policy, DreamerPolicy)
     result = trainer.train()
-    assert result["episodes"] == cfg.seed_episodes + cfg.episodes
+    assert (result["seed_episodes"], result["episodes"]) == (cfg.seed_episodes, cfg.episodes)
     assert result["updates"] == cfg.updates_per_episode * cfg.episodes
     assert torch.isfinite(torch.tensor(result["test_return"]))
     acc, tags = _tags(cfg.logdir)
@@ -77,7 +78,6 @@ def test_dreamer_update_moves_all_three_networks_and_nan_returns_are_skipped(tmp
         trainer.update_model(1)
 
 
-
 def test_dreamer_non_finite_gradients_skip_the_update_before_any_step(tmp_path):
     trainer = Trainer(tiny(tmp_path, episodes=0, test_every=0, video_every=0))
     trainer.train()
@@ -103,7 +103,8 @@ def test_killed_dreamer_run_resumes_with_its_actor_value_and_optimisers(tmp_path
     cfg.logdir = str(logdir)
     resumed = Trainer(cfg, resume=True)
     assert resumed.counters == saved["counters"] and saved["counters"]["updates"] > 0
-    assert len(resumed.buffer) == saved["counters"]["episodes"] * cfg.max_episode_steps
+    collected = saved["counters"]["seed_episodes"] + saved["counters"]["episodes"]
+    assert len(resumed.buffer) == collected * cfg.max_episode_steps
     for key, module in (("actor", resumed.agent.actor), ("value", resumed.agent.value),
                         ("world_model", resumed.agent.world_model)):
         for name, tensor in module.state_dict().items():
@@ -111,7 +112,7 @@ def test_killed_dreamer_run_resumes_with_its_actor_value_and_optimisers(tmp_path
     opt_state = resumed.agent.optimizers["actor"].state_dict()["state"]
     assert opt_state and all(int(s["step"]) == saved["counters"]["updates"] for s in opt_state.values())
     # two more episodes with one block of updates between them (the last episode is not followed by one)
-    resumed.cfg.episodes = saved["counters"]["episodes"] - cfg.seed_episodes + 2
+    resumed.cfg.episodes = saved["counters"]["episodes"] + 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = resumed.train()

@@ -1,4 +1,4 @@
-"""Scale (issue 11): batched environments, the replay ratio, asynchronous collection, bad layouts.
+"""Scale: batched environments, the replay ratio, asynchronous collection, bad layouts.
 
 DDP and the distributed collector are in ``tests/test_scale_distributed.py``.
 """
@@ -29,16 +29,19 @@ def tiny(tmp_path: Path, **overrides):
     return cfg
 
 
-# What main gave before the collection layout existed (commit d6acf95, tiny preset from state
+# What the trainer gave before the collection layout existed (tiny preset from state
 # vectors, one thread): the default layout (num_envs=1, sync, no ratio) must reproduce it exactly.
-MAIN_COUNTERS = {"episodes": 3, "env_steps": 480, "updates": 3, "skipped_updates": 0, "dropped_episodes": 0}
+MAIN_COUNTERS = {"seed_episodes": 2, "episodes": 1, "env_steps": 480, "updates": 3, "skipped_updates": 0,
+                 "dropped_episodes": 0}
 MAIN_TEST_RETURN = 2.376392126083374
 MAIN_PARAM_SUM = -9.94753481351654
 MAIN_ACTION_SUM = 5.405802495777607
 
 
-def test_default_layout_reproduces_the_run_before_scale(tmp_path):
-    trainer = Trainer(tiny(tmp_path))
+@pytest.mark.parametrize("video_every", [0, 1])
+def test_default_layout_reproduces_the_run_before_scale(tmp_path, video_every):
+    """Also with pictures after every episode: logging them draws on a copy of the RNG states."""
+    trainer = Trainer(tiny(tmp_path, video_every=video_every))
     out = trainer.train()
     assert {k: out[k] for k in MAIN_COUNTERS} == MAIN_COUNTERS
     assert out["test_return"] == pytest.approx(MAIN_TEST_RETURN, abs=1e-6)
@@ -74,7 +77,7 @@ def test_four_envs_give_four_episodes_per_round_kept_apart(tmp_path):
     # the whole loop counts 4 episodes per round (2 seed episodes -> one random round); the
     # batch stored by hand above is in env_steps and the buffer, not in the episode count
     out = trainer.train()
-    assert out["episodes"] == 8 and out["env_steps"] == 12 * T * trainer.action_repeat
+    assert (out["seed_episodes"], out["episodes"]) == (4, 4) and out["env_steps"] == 12 * T * trainer.action_repeat
     assert out["updates"] == 3 * 4  # updates_per_episode x the 4 episodes of the one planned round
     assert trainer.buffer.episode_lengths().tolist() == [T] * 12
 
@@ -131,7 +134,7 @@ def test_train_ratio_holds_whatever_num_envs(tmp_path, num_envs):
     trainer = Trainer(cfg)
     out = trainer.train()
     T = trainer.episode_steps
-    policy_steps = (out["episodes"] - cfg.seed_episodes) * T  # steps the agent collected after the seed
+    policy_steps = out["episodes"] * T  # steps the agent collected after the seed
     assert out["updates"] == pytest.approx(ratio * policy_steps, rel=0.05)
     assert abs(out["updates"] - ratio * policy_steps) <= 1  # the remainder is carried, not dropped
 
@@ -231,7 +234,7 @@ def test_async_two_workers_train_and_get_new_weights_then_a_dead_worker_stops_cl
     assert trainer.counters["updates"] >= 3
     # nothing stored was lost: the checkpoint holds every stored step
     stored = len(trainer.buffer)
-    assert stored == trainer.counters["episodes"] * trainer.episode_steps
+    assert stored == trainer.collected * trainer.episode_steps
     resumed = Trainer(cfg, resume=True)
     assert len(resumed.buffer) == stored and resumed.counters == trainer.counters
 
@@ -243,7 +246,8 @@ def test_distributed_collector_with_two_local_workers_fills_the_buffer(tmp_path)
     trainer = Trainer(cfg)
     out = trainer.train()
     T = trainer.episode_steps
-    assert out["episodes"] == 6 and out["updates"] == 3 * 4  # 2 workers x 1 env: 2 episodes per round
+    # 2 workers x 1 env: 2 episodes per round
+    assert out["seed_episodes"] + out["episodes"] == 6 and out["updates"] == 3 * 4
     assert trainer.buffer.episode_lengths().tolist() == [T] * 6  # each worker's episode kept apart
     chunks = trainer.buffer.sample()
     assert all(bool((c["episode"] == c["episode"][0]).all()) for c in chunks)

@@ -1,4 +1,4 @@
-"""Scale (issue 11): DDP over the agent's updates on 2 CPU processes (gloo), mismatched configs."""
+"""torchrun scale-out: gradients averaged over 2 CPU processes (gloo), weights broadcast, mismatched configs."""
 from __future__ import annotations
 
 import gc
@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from torchrl_rssm.envs import make_env
 from torchrl_rssm.recipes import preset
-from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, check_same_config, config_hash,
-                                              rank_config, wrap_ddp)
+from torchrl_rssm.recipes.distributed import (ConfigMismatchAcrossRanksError, broadcast_parameters, check_same_config,
+                                              config_hash, rank_config)
 from torchrl_rssm.recipes.trainer import agent_class
 
 B, L = 2, 8  # chunks per rank, chunk length
@@ -38,9 +38,9 @@ def _params(agent) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.detach().clone() for n, net in nets.items() for k, v in net.state_dict().items()}
 
 
-def _agent_and_batch(cfg):
+def _agent_and_batch(cfg, seed: int = 0):
     """The same initial agent and the same [2B, L] batch in every process (fixed seeds)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat, max_episode_steps=20, seed=0)
     agent = agent_class(cfg.algo)(cfg, env, torch.device("cpu"))
     env.append_transform(agent.make_tensordict_primer())
@@ -63,10 +63,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: st
                             timeout=COLLECTIVE_TIMEOUT)
     try:
         _rank_work(rank, out_dir, preset_name)
-        # DDP's reducer must not outlive the process group's Python handle: destroyed last, it frees
-        # the gloo group while holding the GIL, and deadlocks against gloo's worker thread (which needs
-        # the GIL to free its last work item; pytorch#56297). Seen here in 2 of 7 runs; see
-        # torchrl_rssm.recipes.distributed.main, which does the same.
+        # Nothing holding the process group may outlive its Python handle: freed last, the gloo group
+        # is destroyed while holding the GIL and can deadlock against gloo's worker thread (which needs
+        # the GIL to free its last work item; pytorch#56297; seen with DDP's reducer in 2 of 7 runs).
+        # torchrl_rssm.cli's train does the same under torchrun.
         gc.collect()
     finally:
         dist.destroy_process_group()
@@ -76,18 +76,23 @@ def _rank_work(rank: int, out_dir: str, preset_name: str) -> None:
     # 1. mismatched configurations: a clear error on every rank, naming the field
     bad = _cfg()
     if rank == 1:
-        bad.lr = 0.5
+        bad.model_lr = 0.5
     try:
         check_same_config(bad)
         result = "no error"
     except ConfigMismatchAcrossRanksError as err:
         result = str(err)
     torch.save(result, Path(out_dir) / f"mismatch{rank}.pt")
-    # 2. one DDP update on this rank's half of the batch
+    # 2. agents built from different seeds hold rank 0's weights after the broadcast
     cfg = _cfg(preset_name)
     check_same_config(cfg)
+    torch.manual_seed(rank)
+    other, _ = _agent_and_batch(cfg, seed=rank)
+    broadcast_parameters(other.networks().values())
+    torch.save(_params(other), Path(out_dir) / f"broadcast{rank}.pt")
+    # 3. one update on this rank's half of the batch: the agent averages its gradients over the ranks
     agent, batch = _agent_and_batch(cfg)
-    wrap_ddp(agent)
+    agent.process_group = dist.group.WORLD  # what the trainer sets under torchrun
     _mean_latents()
     agent.update(batch[rank * B:(rank + 1) * B])
     torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
@@ -108,11 +113,16 @@ def _spawn_with_deadline(fn, args: tuple, nprocs: int, deadline_s: float = SPAWN
 
 @pytest.mark.parametrize("preset_name", ["tiny", "dreamer-tiny"])
 def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path, preset_name):
-    """PlaNet: DDP around RSSMLoss; Dreamer: one gradient all-reduce per network (model, actor, value)."""
+    """Every agent averages its gradients through ``clip_gradients``: PlaNet's one network, Dreamer's three."""
     _spawn_with_deadline(_worker, (2, str(tmp_path / "init"), str(tmp_path), preset_name), nprocs=2)
     for rank in range(2):
         message = torch.load(tmp_path / f"mismatch{rank}.pt")
-        assert "different configurations" in message and "'lr'" in message and "0.5" in message
+        assert "different configurations" in message and "'model_lr'" in message and "0.5" in message
+    broadcast = [torch.load(tmp_path / f"broadcast{r}.pt") for r in range(2)]
+    fresh, _ = _agent_and_batch(_cfg(preset_name), seed=1)
+    assert any(not torch.equal(v, broadcast[0][k]) for k, v in _params(fresh).items())  # seeds 0 and 1 differ
+    for key, value in broadcast[0].items():
+        assert torch.equal(broadcast[1][key], value), key  # rank 1 now holds rank 0's
     ranks = [torch.load(tmp_path / f"params{r}.pt") for r in range(2)]
     agent, batch = _agent_and_batch(_cfg(preset_name))
     randn, randn_like = torch.randn, torch.randn_like
@@ -141,3 +151,25 @@ def test_config_hash_ignores_per_rank_fields_and_rank_config_seeds_apart():
     assert config_hash(a) != config_hash(b)
     r0, r1 = rank_config(a, 0), rank_config(a, 1, local_rank=1)
     assert r0.seed != r1.seed and r0.logdir != r1.logdir and r1.logdir.endswith("rank1")
+
+
+def test_torchrun_train_keeps_every_ranks_dreamer_weights_equal(tmp_path):
+    """`torchrun -m torchrl_rssm.cli train`: ranks seeded apart start from rank 0's weights and stay equal."""
+    import json
+    import subprocess
+    import sys
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the `torchrun` command
+    logdir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [*torchrun, "--standalone", "--nproc-per-node", "2", "-m", "torchrl_rssm.cli", "train", "--preset",
+           "dreamer-tiny", "--logdir", str(logdir), "--no-progress", "--set", "video_every=0", "--set", "test_every=0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SPAWN_DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["updates"] > 0
+    ranks = [torch.load(path / "checkpoint" / "state.pt", weights_only=False) for path in (logdir, logdir / "rank1")]
+    assert ranks[0]["config"]["seed"] != ranks[1]["config"]["seed"]  # each rank collects its own episodes
+    for key in ("world_model", "actor", "value"):
+        for name, tensor in ranks[0][key].items():
+            assert torch.equal(tensor, ranks[1][key][name]), f"{key}.{name}"

@@ -18,6 +18,12 @@ answers four things:
   RNG states, the replay buffer and the config).
 * ``log_predictions(batch, logger, step)``: optional pictures (the default draws the world
   model's reconstructions and open-loop predictions).
+* ``networks()``: the trained modules by name (the default: ``world_model``); under
+  ``torchrun`` the core copies rank 0's weights to every rank from them.
+
+Under ``torchrun`` the core sets the agent's ``process_group``, and the agent averages its
+gradients over it by clipping them with :func:`clip_gradients` (all-reduce, then clip): one
+gradient-averaging path for every agent.
 
 An agent class is built as ``AgentClass(cfg, env, device)`` (``env`` is the training
 environment, for its specs); the core then appends ``agent.policy.make_tensordict_primer()``
@@ -26,15 +32,21 @@ to every environment it makes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
-from ..modules import pixels_to_model
+from ..modules import make_world_model, pixels_to_model
+from ..objectives import RSSMLoss
+from .config import ModelLoss, WorldModel
+from .distributed import average_gradients
 
-__all__ = ["Agent", "build_world_model_and_loss", "log_world_model_predictions", "open_loop_prediction"]
+__all__ = ["Agent", "build_world_model_and_loss", "clip_gradients", "log_world_model_predictions",
+           "open_loop_prediction"]
 
 
 class Agent(ABC):
@@ -62,6 +74,8 @@ class Agent(ABC):
     world_model: torch.nn.Module
     #: the observation entry the model reads (``"pixels"`` or ``"observation"``)
     obs_key: str = "observation"
+    #: set by the trainer under ``torchrun``: gradients are averaged over it (:func:`clip_gradients`)
+    process_group: Any = None
 
     @abstractmethod
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -79,27 +93,35 @@ class Agent(ABC):
         """The primer every environment needs for ``policy`` (its recurrent entries)."""
         return self.policy.make_tensordict_primer()
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The trained modules by name (what ``torchrun`` ranks must hold alike)."""
+        return {"world_model": self.world_model}
+
     @torch.no_grad()
     def log_predictions(self, batch: TensorDictBase, logger, step: int) -> None:
         """Pictures for TensorBoard from a replay batch (default: the world model's)."""
         log_world_model_predictions(self.world_model, self.obs_key, batch, logger, step)
 
 
-def build_world_model_and_loss(cfg, env, device: torch.device):
-    """``(obs_key, world_model, RSSMLoss)`` from the run configuration's world-model and loss fields
-    (the part every agent shares: PlaNet trains only this, Dreamer trains an actor and value on top)."""
-    from ..modules import make_world_model
-    from ..objectives import RSSMLoss
+def clip_gradients(params: list[torch.Tensor], max_norm: float, group: Any = None) -> torch.Tensor:
+    """Averages the gradients over ``group``'s ranks (the agent's ``process_group``; ``None``: one
+    process, nothing to average), then clips their norm.
 
+    Every agent clips through this function, so every agent averages its gradients the same way.
+    Returns the total norm before clipping (as ``torch.nn.utils.clip_grad_norm_``).
+    """
+    average_gradients(params, group)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def build_world_model_and_loss(cfg, env, device: torch.device):
+    """``(obs_key, world_model, RSSMLoss)`` from the run configuration's :class:`WorldModel` and
+    :class:`ModelLoss` sections (the part every agent shares: PlaNet trains only this, Dreamer
+    trains an actor and value on top)."""
     obs_key = "pixels" if cfg.from_pixels else "observation"
-    world_model = make_world_model(
-        env.observation_spec, env.action_spec, obs_key=obs_key, state_dim=cfg.state_dim,
-        belief_dim=cfg.belief_dim, hidden_dim=cfg.hidden_dim, embed_dim=cfg.embed_dim,
-        channels=cfg.conv_channels, min_std=cfg.min_std, compile_step=cfg.compile, device=device,
-    )
-    loss = RSSMLoss(world_model, free_nats=cfg.free_nats, kl_balance=cfg.kl_balance,
-                    overshooting_distance=cfg.overshooting_distance, overshooting_weight=cfg.overshooting_weight,
-                    lambda_reward=cfg.lambda_reward)
+    world_model = make_world_model(env.observation_spec, env.action_spec, obs_key=obs_key, device=device,
+                                   **asdict(cfg.section(WorldModel)))
+    loss = RSSMLoss(world_model, **asdict(cfg.section(ModelLoss)))
     return obs_key, world_model, loss
 
 
@@ -137,10 +159,50 @@ def log_world_model_predictions(world_model, obs_key: str, batch: TensorDictBase
         logger.log_images("model/reconstruction", torch.cat([target[:, 0], reco[:, 0]], -1), step=step)
         video = torch.cat([target[0], prediction[0]], -1)  # truth | model, side by side
         logger.log_video("model/open_loop_prediction", video, step=step)
-    else:  # vectors [B, T, O]: a heat map of truth over prediction, time along x
-        truth, pred = target[0].T, prediction[0].T
-        lo, hi = truth.min(), truth.max()
-        image = torch.cat([truth, torch.full_like(truth[:1], hi), pred], 0)
-        image = ((image - lo) / (hi - lo + 1e-6)).clamp(0, 1)
-        image = image.repeat_interleave(6, 0).repeat_interleave(6, 1)
-        logger.log_images("model/open_loop_prediction", image[None, None].expand(1, 3, *image.shape), step=step)
+    else:  # vectors [B, T, O]: one labelled line panel per observation entry
+        image = plot_open_loop(target[0], prediction[0], context)
+        logger.log_images("model/open_loop_prediction", image[None], step=step)
+
+
+def plot_open_loop(truth: torch.Tensor, prediction: torch.Tensor, context: int, max_panels: int = 8) -> torch.Tensor:
+    """A labelled ``[3, H, W]`` uint8 plot of vector observations ``[T, O]``: truth against the model.
+
+    One panel per observation entry (the first ``max_panels``): the truth in white, the model in
+    orange (filtered over the first ``context`` steps, then open loop), a grey line where the
+    open-loop prediction starts.
+
+    Examples:
+        >>> plot_open_loop(torch.zeros(10, 3), torch.ones(10, 3), context=5).shape
+        torch.Size([3, 230, 320])
+    """
+    from PIL import Image, ImageDraw
+
+    truth, prediction = truth.detach().float().cpu(), prediction.detach().float().cpu()
+    steps, entries = truth.shape
+    panels = min(entries, max_panels)
+    width, panel_h, top = 320, 70, 20
+    left, right = 52, 8
+    image = Image.new("RGB", (width, top + panels * panel_h), (24, 24, 24))
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 4), "truth", fill=(235, 235, 235))
+    draw.text((44, 4), "model", fill=(255, 150, 40))
+    draw.text((90, 4), f"| filtered {context} steps, then open loop", fill=(150, 150, 150))
+
+    def x_of(t: float) -> float:
+        return left + (width - left - right) * t / max(steps - 1, 1)
+
+    for k in range(panels):
+        y0 = top + k * panel_h
+        both = torch.cat([truth[:, k], prediction[:, k]])
+        lo, hi = float(both.min()), float(both.max())
+        span = hi - lo if hi - lo > 1e-6 else 1.0
+
+        def y_of(v: float) -> float:
+            return y0 + panel_h - 8 - (panel_h - 16) * (v - lo) / span  # noqa: B023 -- this panel's range
+
+        draw.rectangle([left, y0 + 4, width - right, y0 + panel_h - 4], outline=(70, 70, 70))
+        draw.line([(x_of(context - 0.5), y0 + 4), (x_of(context - 0.5), y0 + panel_h - 4)], fill=(110, 110, 110))
+        for series, colour in ((truth[:, k], (235, 235, 235)), (prediction[:, k], (255, 150, 40))):
+            draw.line([(x_of(t), y_of(float(v))) for t, v in enumerate(series)], fill=colour, width=1)
+        draw.text((4, y0 + panel_h // 2 - 6), f"obs[{k}]", fill=(200, 200, 200))
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()

@@ -1,217 +1,281 @@
-"""Run configuration: one dataclass for both agents, presets for the paper's tasks and quick CPU runs.
+"""Run configuration: sections named after what they feed, presets for the paper's tasks and quick CPU runs.
 
-Every field can be overridden from the command line (``torchrl-rssm train --set lr=3e-4``).
-Fields are grouped: environment, world model, world-model loss and optimiser, PlaNet (planner),
-Dreamer (actor and value), schedule, run. Fields are named after the constructor arguments
-they feed (``planning_horizon``, ``num_candidates``, ``lambda_reward``, ``gamma``, ``lmbda``);
-the string under each field is its documentation (``torchrl-rssm presets``, ``--help``).
+A run's configuration is one flat :class:`RunConfig` (every field can be set from the command
+line: ``torchrl-rssm train --set model_lr=3e-4``), assembled from sections. Each section's
+fields carry the names of the arguments they feed, so a section passes whole to its
+constructor as ``**asdict(cfg.section(Section))``:
+
+===================  ==========================================================
+section              feeds
+===================  ==========================================================
+:class:`Env`         :func:`~torchrl_rssm.envs.make_env` (``env`` is its ``name``)
+:class:`WorldModel`  :func:`~torchrl_rssm.modules.make_world_model`
+:class:`ModelLoss`   :class:`~torchrl_rssm.objectives.RSSMLoss`
+:class:`Planning`    :class:`~torchrl_rssm.planners.CEMPlanner` / ``MPPIPlanner``
+:class:`PlaNet`      the PlaNet agent: ``Planning``, ``planner`` and MPPI's ``temperature``
+:class:`Imagination` :class:`~torchrl_rssm.objectives.DreamerActorLoss`
+:class:`Returns`     ``DreamerActorLoss.make_value_estimator``
+:class:`Dreamer`     the Dreamer agent: ``Imagination``, ``Returns``, its heads and learning rates
+===================  ==========================================================
+
+The other sections (:class:`Training`, :class:`Schedule`, :class:`Replay`,
+:class:`Collection`, :class:`Run`) are read by the trainer. An agent's own section
+(:data:`AGENT_SECTIONS`) belongs to that agent alone: a preset or ``--set`` of one agent
+cannot set another's fields, and a run's saved configuration holds only its agent's section.
+Each field's help text is its ``metadata["help"]`` (``torchrl-rssm presets``, ``--help``).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import json
-import inspect
-import textwrap
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ..envs.factory import PAPER_TASKS
 
-__all__ = ["AGENTS", "FIELD_HELP", "PRESETS", "TASK_FIELDS", "PlaNetConfig", "RunConfig", "apply_overrides",
-           "from_dict", "preset"]
+__all__ = ["AGENTS", "AGENT_SECTIONS", "FIELD_HELP", "PRESETS", "TASK_FIELDS", "Collection", "Dreamer", "Env",
+           "Imagination", "ModelLoss", "PlaNet", "Planning", "Replay", "Returns", "Run", "RunConfig", "Schedule",
+           "Training", "WorldModel", "apply_overrides", "from_dict", "preset"]
 
-#: Agents the trainer core knows (``algo``); ``dreamer`` needs ``recipes/dreamer.py``.
-AGENTS = ("planet", "dreamer")
+
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field with its one-line documentation (``metadata["help"]``)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
-class RunConfig:
-    """All settings of a run (PlaNet or Dreamer). Defaults are PlaNet's paper settings (appendix A).
+class Env:
+    """The task (feeds :func:`~torchrl_rssm.envs.make_env`; ``env`` is its ``name``)."""
+
+    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task> or gym:<id>")
+    from_pixels: bool = _field(True, "observe 64x64 images (else the state vector)")
+    action_repeat: int | None = _field(None, "env steps per agent step; None: the paper's value for its DMC "
+                                             "domains, else 1")
+    max_episode_steps: int | None = _field(None, "agent steps per episode; None: the task's limit (DMC: 1000 env "
+                                                 "steps / action_repeat)")
+    bit_depth: int = _field(5, "bits kept per pixel channel")
+    image_size: int = _field(64, "side of the square images the model sees (rendered, or the env's own images "
+                                 "resized)")
+    grayscale: bool = _field(False, "observe one-channel images instead of RGB")
+    env_kwargs: dict | None = _field(None, "keyword arguments for the environment's constructor, as JSON: "
+                                           "--set 'env_kwargs={\"continuous\": false}'")
+
+
+@dataclass
+class WorldModel:
+    """The RSSM world model (feeds :func:`~torchrl_rssm.modules.make_world_model`)."""
+
+    state_dim: int = _field(30, "stochastic latent size")
+    belief_dim: int = _field(200, "deterministic (GRU) latent size")
+    hidden_dim: int = _field(200, "hidden units of the RSSM's MLPs and heads")
+    embed_dim: int = _field(200, "observation embedding size (vector observations only; pixels: 1024 from the "
+                                 "conv stack)")
+    channels: int = _field(32, "pixels: channels of the encoder's first conv (doubling per layer; PlaNet 32), the "
+                               "decoder likewise")
+    min_std: float = _field(0.1, "lower bound on the latent's standard deviation")
+    compile_step: bool = _field(False, "torch.compile the RSSM step")
+
+
+@dataclass
+class ModelLoss:
+    """The world model's loss (feeds :class:`~torchrl_rssm.objectives.RSSMLoss`)."""
+
+    free_nats: float = _field(3.0, "KL below this many nats is not penalised")
+    kl_balance: float | None = _field(None, "KL balancing weight (None: plain KL)")
+    overshooting_distance: int = _field(1, "latent overshooting distance (1: none)")
+    overshooting_weight: float = _field(1.0, "weight of the overshooting KL terms")
+    lambda_reward: float = _field(1.0, "weight of the reward log-likelihood (the official PlaNet code uses 10)")
+
+
+@dataclass
+class Training:
+    """Optimisation and acting settings every agent shares."""
+
+    model_lr: float = _field(1e-3, "world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)")
+    adam_eps: float = _field(1e-4, "Adam epsilon (all optimisers)")
+    grad_clip: float = _field(1000.0, "gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)")
+    batch_size: int = _field(50, "chunks per update (B)")
+    chunk_length: int = _field(50, "steps per chunk (L); episodes shorter than this cannot be trained on")
+    exploration_noise: float = _field(0.3, "std of the Gaussian noise added to actions while collecting")
+
+
+@dataclass
+class Planning:
+    """The planner's search (feeds :class:`~torchrl_rssm.planners.CEMPlanner` and ``MPPIPlanner``)."""
+
+    planning_horizon: int = _field(12, "H: planning horizon")
+    optim_steps: int = _field(10, "I: optimisation iterations per action")
+    num_candidates: int = _field(1000, "J: candidate action sequences")
+    top_k: int = _field(100, "K: elites refitted per iteration")
+
+
+@dataclass
+class PlaNet(Planning):
+    """PlaNet's own fields: the planner and its search."""
+
+    planner: str = _field("cem", "PlaNet: \"cem\" or \"mppi\"")
+    temperature: float = _field(1.0, "PlaNet: MPPI's temperature (planner=\"mppi\")")
+
+
+@dataclass
+class Imagination:
+    """Dreamer's imagined trajectories (feeds :class:`~torchrl_rssm.objectives.DreamerActorLoss`)."""
+
+    imagination_horizon: int = _field(15, "Dreamer: imagined steps per start state")
+    time_reduction: str = _field("mean", "Dreamer: \"mean\" over imagined steps and starts (the paper's losses, for "
+                                         "its clip of 100) or \"sum\" over steps (TorchRL's)")
+
+
+@dataclass
+class Returns:
+    """Dreamer's lambda-returns (feeds ``DreamerActorLoss.make_value_estimator``)."""
+
+    gamma: float = _field(0.99, "Dreamer: discount")
+    lmbda: float = _field(0.95, "Dreamer: lambda of the lambda-returns")
+
+
+@dataclass
+class Dreamer(Imagination, Returns):
+    """Dreamer's own fields: imagination, returns, the actor and value heads and their learning rates."""
+
+    actor_lr: float = _field(8e-5, "Dreamer: actor learning rate")
+    value_lr: float = _field(8e-5, "Dreamer: value learning rate")
+    actor_hidden_dim: int = _field(400, "Dreamer: actor hidden units")
+    value_hidden_dim: int = _field(400, "Dreamer: value hidden units")
+
+
+@dataclass
+class Schedule:
+    """When the trainer collects, updates, tests and saves (episodes count the collected ones)."""
+
+    seed_episodes: int = _field(5, "S: random episodes before training")
+    episodes: int = _field(1000, "agent episodes, collected after the seed episodes")
+    updates_per_episode: int = _field(100, "C: gradient steps before each collected episode (when train_ratio is "
+                                           "None)")
+    train_ratio: float | None = _field(None, "model updates per collected agent step (one stored transition); None: "
+                                             "updates_per_episode per episode")
+    test_every: int = _field(25, "collected episodes (seed episodes included) between test runs (also one at the "
+                                 "end; 0: never)")
+    test_episodes: int = _field(5, "noise-free test episodes, run as one batch")
+    checkpoint_every: int = _field(10, "collected episodes between checkpoints (one is also written at exit)")
+    video_every: int = _field(50, "collected episodes between reconstruction images / open-loop predictions in "
+                                  "TensorBoard (0: never)")
+
+
+@dataclass
+class Replay:
+    """The sequence replay buffer."""
+
+    buffer_capacity: int | None = _field(None, "replay capacity in agent steps; None: sized from the run, "
+                                               "(seed_episodes + episodes) x episode steps, capped at 10^6")
+    buffer_device: str = _field("cpu", "where the replay storage lives; sampled batches move to `device`")
+    buffer_on_disk: bool = _field(False, "LazyMemmapStorage under logdir instead of memory")
+
+
+@dataclass
+class Collection:
+    """How episodes are collected (see :mod:`torchrl_rssm.recipes.collection`)."""
+
+    num_envs: int = _field(1, "environments stepped together as one batch (the policy acts on the whole batch in "
+                              "one call)")
+    env_backend: str = _field("serial", "how a batch of environments runs: \"serial\" (SerialEnv, one process) or "
+                                        "\"parallel\" (ParallelEnv)")
+    collector: str = _field("sync", "\"sync\": in the trainer's process; \"async\": TorchRL MultiAsyncCollector "
+                                    "workers; \"distributed\": TorchRL DistributedCollector")
+    collector_workers: int = _field(2, "worker processes of the \"async\" / \"distributed\" collector (each steps "
+                                       "num_envs environments)")
+    distributed_port: int = _field(29517, "TCP port of the \"distributed\" collector's process group (TorchRL "
+                                          "DistributedCollector, launcher=\"mp\")")
+
+
+@dataclass
+class Run:
+    """The run itself: agent, seed, device, output."""
+
+    algo: str = _field("planet", "agent: \"planet\" (world model + planner) or \"dreamer\" (world model + actor and "
+                                 "value)")
+    seed: int = _field(0, "seeds python, numpy, torch and the envs")
+    device: str = _field("cpu", "models and updates: cpu, cuda, cuda:N")
+    num_threads: int | None = _field(None, "torch CPU threads (None: torch's default; small models gain nothing "
+                                           "from a second)")
+    nan_policy: str = _field("skip", "\"skip\": skip an update whose batch holds NaN/inf, warn and count; "
+                                     "\"raise\": stop with an error")
+    logdir: str = _field("runs/planet", "TensorBoard logs, config.json and checkpoints")
+    progress: bool = _field(True, "progress bar on stderr (else a status line per test and per checkpoint)")
+
+
+#: Each agent's own section: its fields are set only in runs of that agent.
+AGENT_SECTIONS: dict[str, type] = {"planet": PlaNet, "dreamer": Dreamer}
+#: Agents the trainer core knows (``algo``).
+AGENTS = tuple(AGENT_SECTIONS)
+
+
+@dataclass
+class RunConfig(Run, Collection, Replay, Schedule, Dreamer, PlaNet, Training, ModelLoss, WorldModel, Env):
+    """All settings of a run, flat (``cfg.batch_size``), assembled from the sections above.
+
+    Defaults are PlaNet's paper settings (appendix A); presets (:data:`PRESETS`) set the rest.
 
     Examples:
+        >>> from dataclasses import asdict
         >>> cfg = preset("quick")
         >>> cfg.env, cfg.from_pixels, cfg.algo
         ('dmc:cartpole-swingup', False, 'planet')
-        >>> apply_overrides(cfg, ["lr=3e-4", "planner=mppi"]).lr
+        >>> asdict(cfg.section(Planning))
+        {'planning_horizon': 12, 'optim_steps': 6, 'num_candidates': 256, 'top_k': 25}
+        >>> apply_overrides(cfg, ["model_lr=3e-4", "planner=mppi"]).model_lr
         0.0003
     """
-
-    algo: str = "planet"
-    """agent: "planet" (world model + planner) or "dreamer" (world model + actor and value)"""
-    # --- environment
-    env: str = "dmc:cartpole-swingup"
-    """task: dmc:<domain>-<task> or gym:<id>"""
-    from_pixels: bool = True
-    """observe 64x64 images (else the state vector)"""
-    action_repeat: int | None = None
-    """env steps per agent step; None: the paper's value for its DMC domains, else 1"""
-    max_episode_steps: int | None = None
-    """agent steps per episode; None: the task's limit (DMC: 1000 env steps / action_repeat)"""
-    bit_depth: int = 5
-    """bits kept per pixel channel"""
-    image_size: int = 64
-    """side of the square images the model sees (rendered, or the env's own images resized)"""
-    grayscale: bool = False
-    """observe one-channel images instead of RGB"""
-    env_kwargs: dict | None = None
-    """keyword arguments for the environment's constructor, as JSON: --set 'env_kwargs={"continuous": false}'"""
-    # --- world model (make_world_model)
-    state_dim: int = 30
-    """stochastic latent size"""
-    belief_dim: int = 200
-    """deterministic (GRU) latent size"""
-    hidden_dim: int = 200
-    """hidden units of the RSSM's MLPs and heads"""
-    embed_dim: int = 200
-    """observation embedding size (vector observations only; pixels: 1024 from the conv stack)"""
-    conv_channels: int = 32
-    """pixels: channels of the encoder's first conv (doubling per layer; PlaNet 32), the decoder likewise"""
-    min_std: float = 0.1
-    """lower bound on the latent's standard deviation"""
-    compile: bool = False
-    """torch.compile the RSSM step"""
-    # --- world-model loss (RSSMLoss) and optimiser
-    free_nats: float = 3.0
-    """KL below this many nats is not penalised"""
-    kl_balance: float | None = None
-    """KL balancing weight (None: plain KL)"""
-    overshooting_distance: int = 1
-    """latent overshooting distance (1: none)"""
-    overshooting_weight: float = 1.0
-    """weight of the overshooting KL terms"""
-    lambda_reward: float = 1.0
-    """weight of the reward log-likelihood (the official PlaNet code uses 10)"""
-    lr: float = 1e-3
-    """world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)"""
-    adam_eps: float = 1e-4
-    """Adam epsilon (all optimisers)"""
-    grad_clip: float = 1000.0
-    """gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)"""
-    batch_size: int = 50
-    """chunks per update (B)"""
-    chunk_length: int = 50
-    """steps per chunk (L); episodes shorter than this cannot be trained on"""
-    # --- PlaNet: planning and acting (CEMPlanner / MPPIPlanner, PlaNetPolicy)
-    planner: str = "cem"
-    """"cem" or "mppi\""""
-    planning_horizon: int = 12
-    """H: planning horizon"""
-    optim_steps: int = 10
-    """I: optimisation iterations per action"""
-    num_candidates: int = 1000
-    """J: candidate action sequences"""
-    top_k: int = 100
-    """K: elites refitted per iteration"""
-    mppi_temperature: float = 1.0
-    """MPPI temperature"""
-    exploration_noise: float = 0.3
-    """std of the Gaussian noise added to actions while collecting (both agents)"""
-    # --- Dreamer: behaviour learning (Dreamer v1 defaults)
-    imagination_horizon: int = 15
-    """Dreamer: imagined steps per start state"""
-    gamma: float = 0.99
-    """Dreamer: discount"""
-    lmbda: float = 0.95
-    """Dreamer: lambda of the lambda-returns"""
-    actor_lr: float = 8e-5
-    """Dreamer: actor learning rate"""
-    value_lr: float = 8e-5
-    """Dreamer: value learning rate"""
-    actor_hidden_dim: int = 400
-    """Dreamer: actor hidden units"""
-    value_hidden_dim: int = 400
-    """Dreamer: value hidden units"""
-    time_reduction: str = "mean"
-    """Dreamer: "mean" over imagined steps and starts (the paper's losses, for its clip of 100) or "sum" over steps (TorchRL's)"""
-    # --- schedule
-    seed_episodes: int = 5
-    """S: random episodes before training"""
-    episodes: int = 1000
-    """training episodes collected by the agent (after the seed episodes)"""
-    updates_per_episode: int = 100
-    """C: gradient steps before each collected episode (used when train_ratio is None)"""
-    train_ratio: float | None = None
-    """model updates per collected agent step (one stored transition); None: updates_per_episode per episode"""
-    test_every: int = 25
-    """episodes between test runs (also one at the end; 0: never)"""
-    test_episodes: int = 5
-    """noise-free test episodes, run as one batch"""
-    checkpoint_every: int = 10
-    """episodes between checkpoints (one is also written at exit)"""
-    buffer_capacity: int | None = None
-    """replay capacity in agent steps; None: from the run, (seed_episodes + episodes) x episode steps, capped"""
-    buffer_device: str = "cpu"
-    """where the replay storage lives; sampled batches move to `device`"""
-    buffer_on_disk: bool = False
-    """LazyMemmapStorage under logdir instead of memory"""
-    nan_policy: str = "skip"
-    """"skip": skip the update, warn and count; "raise": stop with an error"""
-    # --- collection layout (see recipes/trainer.py, "Scale")
-    num_envs: int = 1
-    """environments stepped together as one batch (the policy acts on the whole batch in one call)"""
-    env_backend: str = "serial"
-    """how a batch of environments runs: "serial" (SerialEnv, one process) or "parallel" (ParallelEnv)"""
-    collector: str = "sync"
-    """"sync": in the trainer's process; "async": TorchRL MultiAsyncCollector workers; "distributed": TorchRL DistributedCollector"""
-    collector_workers: int = 2
-    """worker processes of the "async" / "distributed" collector (each steps num_envs environments)"""
-    distributed_port: int = 29517
-    """TCP port of the "distributed" collector's process group (TorchRL DistributedCollector, launcher="mp")"""
-    # --- run
-    seed: int = 0
-    """seeds python, numpy, torch and the envs"""
-    device: str = "cpu"
-    """models and updates: cpu, cuda, cuda:N"""
-    num_threads: int | None = None
-    """torch CPU threads (None: torch's default; small models gain nothing from a second)"""
-    logdir: str = "runs/planet"
-    """TensorBoard logs, config.json and checkpoints"""
-    video_every: int = 50
-    """episodes between reconstruction images / open-loop videos (0: never)"""
-    progress: bool = True
-    """progress bar on stderr (else a status line per test and per checkpoint)"""
 
     #: fields that may differ when resuming a run (everything else must match the checkpoint)
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "episodes", "test_every", "test_episodes", "checkpoint_every", "device", "logdir", "video_every",
-        "progress", "compile", "nan_policy", "num_threads", "buffer_device",
+        "progress", "compile_step", "nan_policy", "num_threads", "buffer_device",
         "num_envs", "env_backend", "collector", "collector_workers", "distributed_port",
     )
 
+    def section(self, kind: type) -> Any:
+        """This configuration's values of one section (a dataclass instance of ``kind``)."""
+        return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except those of the other agents' sections."""
+        foreign = _foreign_fields(self.algo)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in foreign}
 
     def mismatches(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Fields that differ from a saved configuration and may not change on resume."""
+        _check_known(other)
         mine = self.to_dict()
-        other = _upgrade(other)
         keys = (set(mine) | set(other)) - set(self.RESUMABLE)
         return {k: (other.get(k), mine.get(k)) for k in sorted(keys)
                 if k in other and other.get(k) != mine.get(k)}
 
 
-#: Old name of the class (PlaNet only).
-PlaNetConfig = RunConfig
+#: One line of documentation per field (its ``metadata["help"]``).
+FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(RunConfig)}
 
 
-def _field_help() -> dict[str, str]:
-    """The string under each field, read from the source (CleanRL-style field docs)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(RunConfig)))
-    body = tree.body[0].body
-    out = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            out[node.target.id] = str(after.value.value)
-    return out
+def _section_fields(kind: type) -> set[str]:
+    return {f.name for f in fields(kind)}
 
 
-#: One line of documentation per field.
-FIELD_HELP: dict[str, str] = _field_help()
+def _foreign_fields(algo: str) -> set[str]:
+    """Fields of the agents' sections other than ``algo``'s."""
+    own = _section_fields(AGENT_SECTIONS[algo]) if algo in AGENT_SECTIONS else set()
+    return set().union(*(_section_fields(s) for s in AGENT_SECTIONS.values())) - own
 
-#: Old field names (checkpoints written before the rename still load).
-RENAMED = {"horizon": "planning_horizon", "candidates": "num_candidates", "reward_weight": "lambda_reward"}
+
+def _check_agent_fields(algo: str, keys, where: str) -> None:
+    """Refuses settings of another agent's section (e.g. a planner field for a Dreamer run)."""
+    foreign = sorted(set(keys) & _foreign_fields(algo))
+    if foreign and algo in AGENT_SECTIONS:
+        owners = {k: next(a for a, s in AGENT_SECTIONS.items() if k in _section_fields(s)) for k in foreign}
+        raise ValueError(f"{where}: {', '.join(f'{k} ({owners[k]})' for k in foreign)} "
+                         f"{'is a field' if len(foreign) == 1 else 'are fields'} of another agent; "
+                         f"algo={algo!r} does not use {'it' if len(foreign) == 1 else 'them'}.")
+
 
 #: Settings that belong to a preset's task: ``--env`` resets them to the new task's defaults.
 TASK_FIELDS = ("action_repeat", "max_episode_steps", "logdir")
@@ -225,16 +289,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     for task, repeat in PAPER_ACTION_REPEAT.items()
 }
 # A run that finishes in about ten minutes on a 2-core CPU: cartpole swing-up from state
-# vectors, a smaller model and planner, fewer updates. Pixels cost far more per update: see
-# "quick-pixels".
-PRESETS["quick"] = dict(
+# vectors, a smaller model, fewer updates; the schedule and world model are shared with
+# dreamer-quick, the planner is PlaNet's own. Pixels cost far more per update: see "quick-pixels".
+_QUICK_SHARED = dict(
     env="dmc:cartpole-swingup", from_pixels=False, action_repeat=8,
     state_dim=16, belief_dim=64, hidden_dim=64, embed_dim=64,
-    batch_size=16, chunk_length=25, lr=3e-3, lambda_reward=10.0,
-    planning_horizon=12, optim_steps=6, num_candidates=256, top_k=25,
+    batch_size=16, chunk_length=25, model_lr=3e-3, lambda_reward=10.0,
     seed_episodes=5, episodes=35, updates_per_episode=40,
-    test_every=10, test_episodes=4, checkpoint_every=5, buffer_capacity=100_000,
-    video_every=0, num_threads=1, logdir="runs/planet-quick",
+    test_every=10, test_episodes=4, checkpoint_every=5, video_every=10, num_threads=1,
+)
+PRESETS["quick"] = dict(
+    _QUICK_SHARED, planning_horizon=12, optim_steps=6, num_candidates=256, top_k=25, logdir="runs/planet-quick",
 )
 # The same from 64x64 pixels, sized for under 60 minutes at one thread on a 2-core CPU
 # (benchmarks/pixels_budget.py, measured alone: 0.42 s per update, 5.3 s per collected episode):
@@ -242,24 +307,23 @@ PRESETS["quick"] = dict(
 # preset's RSSM and planner, 60 agent episodes of 80 updates (a first try with 50 updates per
 # episode had not learned the pixel model by episode 60: its open-loop predictions were blurred).
 PRESETS["quick-pixels"] = dict(
-    PRESETS["quick"], from_pixels=True, conv_channels=16, lr=1e-3, buffer_capacity=None,
+    PRESETS["quick"], from_pixels=True, channels=16, model_lr=1e-3,
     episodes=60, updates_per_episode=80, video_every=20, logdir="runs/planet-quick-pixels",
 )
 # A few seconds: used by the tests to run the whole loop.
-PRESETS["tiny"] = dict(
-    PRESETS["quick"], state_dim=4, belief_dim=16, hidden_dim=16, embed_dim=16,
+_TINY_SHARED = dict(
+    _QUICK_SHARED, state_dim=4, belief_dim=16, hidden_dim=16, embed_dim=16,
     batch_size=4, chunk_length=8, max_episode_steps=20, seed_episodes=2, episodes=1,
-    updates_per_episode=3, planning_horizon=4, optim_steps=2, num_candidates=16, top_k=4,
-    test_every=1, test_episodes=2, checkpoint_every=1, buffer_capacity=1000,
-    video_every=1, logdir="runs/planet-tiny",
+    updates_per_episode=3, test_every=1, test_episodes=2, checkpoint_every=1, buffer_capacity=1000, video_every=1,
 )
-
+PRESETS["tiny"] = dict(_TINY_SHARED, planning_horizon=4, optim_steps=2, num_candidates=16, top_k=4,
+                       logdir="runs/planet-tiny")
 
 # Dreamer (Hafner et al. 2020) on the paper's six tasks: action repeat 2 everywhere, 5000 prefill
 # env steps (5 episodes), 100 updates per 1000 env steps (one episode), 1M env steps in all;
 # model lr 6e-4, actor and value lr 8e-5, gradient clip 100, 400-unit heads, horizon 15.
 DREAMER_PAPER = dict(
-    algo="dreamer", from_pixels=True, action_repeat=2, hidden_dim=400, lr=6e-4, adam_eps=1e-4,
+    algo="dreamer", from_pixels=True, action_repeat=2, hidden_dim=400, model_lr=6e-4, adam_eps=1e-4,
     grad_clip=100.0, batch_size=50, chunk_length=50, imagination_horizon=15, gamma=0.99, lmbda=0.95,
     actor_lr=8e-5, value_lr=8e-5, actor_hidden_dim=400, value_hidden_dim=400, exploration_noise=0.3,
     seed_episodes=5, episodes=995, updates_per_episode=100,
@@ -269,15 +333,14 @@ for _task in PAPER_ACTION_REPEAT:
 # Dreamer on this 2-core CPU: cartpole swing-up from state vectors, PlaNet quick's world model,
 # small actor and value with faster learning rates than the paper's (a short run: 60 episodes,
 # 48k env steps; acting costs one actor call per step, so the budget goes to 100 updates per episode).
-_PLANNER_FIELDS = ("planner", "planning_horizon", "optim_steps", "num_candidates", "top_k", "mppi_temperature")
 PRESETS["dreamer-quick"] = dict(
-    {k: v for k, v in PRESETS["quick"].items() if k not in _PLANNER_FIELDS}, algo="dreamer", grad_clip=100.0, imagination_horizon=15, gamma=0.99, lmbda=0.95,
+    _QUICK_SHARED, algo="dreamer", grad_clip=100.0, imagination_horizon=15, gamma=0.99, lmbda=0.95,
     actor_lr=3e-4, value_lr=1e-3, actor_hidden_dim=64, value_hidden_dim=64, time_reduction="sum",
     episodes=55, updates_per_episode=100, test_every=10, checkpoint_every=10, logdir="runs/dreamer-quick",
 )
 # A few seconds: the tests' Dreamer run.
 PRESETS["dreamer-tiny"] = dict(
-    {k: v for k, v in PRESETS["tiny"].items() if k not in _PLANNER_FIELDS}, algo="dreamer", grad_clip=100.0, imagination_horizon=4, actor_lr=1e-3, value_lr=1e-3,
+    _TINY_SHARED, algo="dreamer", grad_clip=100.0, imagination_horizon=4, actor_lr=1e-3, value_lr=1e-3,
     actor_hidden_dim=16, value_hidden_dim=16, logdir="runs/dreamer-tiny",
 )
 
@@ -291,12 +354,19 @@ def presets_by_agent() -> dict[str, list[str]]:
 
 
 def preset(name: str) -> RunConfig:
-    """The configuration of a named preset (``quick``, ``tiny``, or one of the paper's tasks)."""
+    """The configuration of a named preset (``quick``, ``tiny``, or one of the paper's tasks).
+
+    Examples:
+        >>> preset("dreamer-quick").section(Returns)
+        Returns(gamma=0.99, lmbda=0.95)
+    """
     if name not in PRESETS:
         hint = difflib.get_close_matches(name, PRESETS, n=1)
         raise ValueError(f"Unknown preset {name!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
                          f"available: {sorted(PRESETS)}.")
-    return RunConfig(**PRESETS[name])
+    settings = PRESETS[name]
+    _check_agent_fields(settings.get("algo", "planet"), settings, f"preset {name!r}")
+    return RunConfig(**settings)
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}
@@ -339,10 +409,9 @@ def _parse_value(text: str, current: Any, name: str) -> Any:
 
 
 def _unknown_field(key: str, item: str, names: set[str]) -> ValueError:
-    if key in RENAMED:
-        return ValueError(f"Override {item!r}: field {key!r} was renamed to {RENAMED[key]!r}.")
     hint = difflib.get_close_matches(key, sorted(names), n=1)
-    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    parts = sorted(n for n in names if key in n.split("_"))  # "lr": model_lr, actor_lr, value_lr
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else f" Did you mean one of {parts}?" if parts else ""
     return ValueError(f"Override {item!r}: unknown field {key!r}.{suggestion} Fields: {sorted(names)}.")
 
 
@@ -354,6 +423,8 @@ def override_keys(overrides: list[str]) -> set[str]:
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Applies ``key=value`` strings to a configuration (in place) and returns it.
 
+    A field of another agent's section is refused (``planning_horizon`` in a Dreamer run).
+
     Examples:
         >>> apply_overrides(preset("tiny"), ["batch_size=8"]).batch_size
         8
@@ -361,8 +432,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         Traceback (most recent call last):
         ...
         ValueError: Override 'batchsize=8': unknown field 'batchsize'. Did you mean 'batch_size'? ...
+        >>> apply_overrides(preset("dreamer-tiny"), ["top_k=8"])
+        Traceback (most recent call last):
+        ...
+        ValueError: --set: top_k (planet) is a field of another agent; algo='dreamer' does not use it.
     """
     names = {f.name for f in fields(cfg)}
+    keys = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"Override {item!r}: expected key=value.")
@@ -371,15 +447,20 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if key not in names:
             raise _unknown_field(key, item, names)
         setattr(cfg, key, _parse_value(text.strip(), getattr(cfg, key), key))
+        keys.append(key)
+    _check_agent_fields(cfg.algo, keys, "--set")
     return cfg
 
 
-def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved configuration with old field names renamed."""
-    return {RENAMED.get(k, k): v for k, v in data.items()}
+def _check_known(data: dict[str, Any]) -> None:
+    """A saved configuration with fields this version does not have cannot be loaded: say so in one line."""
+    unknown = sorted(set(data) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise ValueError(f"this checkpoint was written by an older torchrl_rssm (config fields {unknown} no longer "
+                         "exist) and cannot be loaded by this version: start a new run.")
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    """A configuration from a saved dict (unknown keys ignored, renamed fields upgraded)."""
-    known = {f.name for f in fields(RunConfig)}
-    return dataclasses.replace(RunConfig(), **{k: v for k, v in _upgrade(data).items() if k in known})
+    """A configuration from a saved dict (:meth:`RunConfig.to_dict`); an older version's is refused."""
+    _check_known(data)
+    return dataclasses.replace(RunConfig(), **data)

@@ -1,28 +1,24 @@
-"""Training on several GPUs or machines: DDP over the agent's updates, launched with ``torchrun``.
+"""Training on several GPUs or machines with ``torchrun``: gradients averaged over the ranks.
 
 One process per GPU (or per CPU process with the ``gloo`` backend). Every process (rank) runs the
 whole trainer: it collects from its own environments (seeded ``seed + 1000 * rank``), fills its own
-replay buffer and samples its own batches; the agent's loss modules are wrapped in
-:class:`torch.nn.parallel.DistributedDataParallel`, so one update all-reduces (averages) the
-gradients of every rank's batch before each optimiser step, and all ranks keep the same weights
-(DDP broadcasts rank 0's at wrapping). With ``B`` chunks per rank and ``W`` ranks an update sees
-``W x B`` chunks: the effective batch grows with the ranks (lower ``batch_size`` to keep it).
+replay buffer and samples its own batches. The trainer makes every rank start from rank 0's
+weights (:func:`broadcast_parameters`), and every agent averages its gradients over the ranks
+between ``backward`` and its gradient clip (:func:`average_gradients` over the agent's
+``process_group``, which the trainer sets, through :func:`~torchrl_rssm.recipes.agent.clip_gradients`),
+so all ranks keep the same weights. With
+``B`` chunks per rank and ``W`` ranks an update sees ``W x B`` chunks: the effective batch grows
+with the ranks (lower ``batch_size`` to keep it). One path for every agent: the losses may call
+their networks' methods (``RSSMLoss.compute``, ``rollout.imagine``, the heads) rather than
+``forward``, which ``DistributedDataParallel``'s hooks would not see.
 
-What is wrapped: every attribute named in the agent's ``ddp_modules`` (default ``("loss_module",)``:
-PlaNet's :class:`~torchrl_rssm.objectives.RSSMLoss`; a Dreamer agent lists its world-model,
-actor and value losses). DDP hooks the gradients of a module's parameters when its ``forward``
-runs through the wrapper, so wrapping the loss (whose forward runs the world model) is enough;
-the agent's optimisers and gradient clipping are unchanged (clipping sees the averaged gradients,
-the same on every rank).
-
-Launch (``python -m torchrl_rssm.recipes.distributed`` takes the same arguments as
-``torchrl-rssm train``)::
+Launch (``torchrl-rssm train`` joins the process group ``torchrun`` describes)::
 
     # one machine, 4 GPUs
-    torchrun --standalone --nproc-per-node 4 -m torchrl_rssm.recipes.distributed --preset cartpole-swingup --device cuda
+    torchrun --standalone --nproc-per-node 4 -m torchrl_rssm.cli train --preset cartpole-swingup --device cuda
     # two machines, 8 GPUs each (run on both; MASTER is the first machine's address)
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint MASTER:29500 \
-        -m torchrl_rssm.recipes.distributed --preset cartpole-swingup --device cuda
+        -m torchrl_rssm.cli train --preset cartpole-swingup --device cuda
 
 Rank 0 writes ``logdir``; rank ``r > 0`` writes ``logdir/rank<r>`` (its own checkpoint and buffer).
 Every rank must run the same configuration (apart from ``device`` and ``logdir``):
@@ -30,33 +26,33 @@ Every rank must run the same configuration (apart from ``device`` and ``logdir``
 The schedule is the same on every rank, so every rank runs the same number of updates; an update
 skipped by ``nan_policy="skip"`` on one rank only would leave the others waiting in the
 all-reduce, so runs with ``WORLD_SIZE > 1`` use ``nan_policy="raise"``.
+
+This module imports nothing of the package above the configuration.
 """
 from __future__ import annotations
 
 import copy
-import gc
 import hashlib
 import json
 import os
-import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from .config import RunConfig
 
-__all__ = ["ConfigMismatchAcrossRanksError", "PER_RANK_FIELDS", "check_same_config", "config_hash", "init_distributed",
-           "rank_config", "wrap_ddp", "main"]
+__all__ = ["PER_RANK_FIELDS", "ConfigMismatchAcrossRanksError", "average_gradients", "broadcast_parameters",
+           "check_same_config", "config_hash", "init_distributed", "is_distributed", "rank_config"]
 
 #: fields that legitimately differ between ranks (each rank's GPU and log folder)
 PER_RANK_FIELDS = ("device", "logdir")
 
 
 class ConfigMismatchAcrossRanksError(ValueError):
-    """The ranks of a DDP launch were given different configurations."""
+    """The ranks of a torchrun launch were given different configurations."""
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -89,7 +85,7 @@ def check_same_config(cfg: RunConfig) -> None:
             if ref.get(key) != other["config"].get(key):
                 diffs.setdefault(key, {0: ref.get(key)})[rank] = other["config"].get(key)
     raise ConfigMismatchAcrossRanksError(
-        f"the {len(everyone)} ranks of this DDP launch run different configurations; fields that differ "
+        f"the {len(everyone)} ranks of this torchrun launch run different configurations; fields that differ "
         f"(rank: value): {diffs}. Give every rank the same settings (only {list(PER_RANK_FIELDS)} may differ).")
 
 
@@ -127,65 +123,37 @@ def rank_config(cfg: RunConfig, rank: int, local_rank: int = 0) -> RunConfig:
     return out
 
 
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """All-reduces (averages) the gradients of ``params`` over the process group, in one flat call.
+def is_distributed() -> bool:
+    """True inside a process group of more than one rank (``torchrun`` with ``WORLD_SIZE > 1``)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-    For agents whose losses call their networks' methods rather than ``forward`` (Dreamer's
-    model loss returns the posteriors through ``compute``; its actor loss steps
-    ``rollout.imagine`` and the heads), where DDP's forward hooks cannot see the parameters.
-    A parameter without a gradient counts as zeros, so every rank steps the same parameters.
-    No-op outside a process group of more than one rank.
+
+def average_gradients(params: list[torch.Tensor], group: Any = None) -> None:
+    """All-reduces (averages) the gradients of ``params`` over ``group``, in one flat call.
+
+    Every agent calls it between ``backward`` and its gradient clip (through
+    :func:`~torchrl_rssm.recipes.agent.clip_gradients`, with the agent's ``process_group``), so
+    clipping sees the averaged gradients, the same on every rank. A parameter without a gradient
+    counts as zeros, so every rank steps the same parameters. ``group=None``: no-op. (The group
+    is named, not taken from whatever is initialised: TorchRL's ``DistributedCollector`` starts
+    a process group of its own in the trainer's process, whose workers never train.)
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if group is None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
     for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
         p.grad = chunk.view_as(p).clone()
 
 
-def wrap_ddp(agent, device: torch.device | None = None) -> list[str]:
-    """Wraps the agent's ``ddp_modules`` (default ``("loss_module",)``) in DDP; returns their names."""
-    names = list(getattr(agent, "ddp_modules", ("loss_module",)))
-    ids = [device] if device is not None and torch.device(device).type == "cuda" else None
-    for name in names:
-        module = getattr(agent, name, None)
-        if module is None:
-            raise AttributeError(f"{type(agent).__name__}.ddp_modules names {name!r}, which the agent lacks.")
-        if not isinstance(module, DistributedDataParallel):
-            setattr(agent, name, DistributedDataParallel(module, device_ids=ids))
-    return names
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``torchrun ... -m torchrl_rssm.recipes.distributed <torchrl-rssm train arguments>``."""
-    from ..cli import _json_line, _parser, setup_logging, train_config
-    from .trainer import Trainer
-
-    setup_logging()
-    args = _parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    cfg, resume = train_config(args)
-    rank, world, local_rank = init_distributed()
-    try:
-        check_same_config(cfg)
-        cfg = rank_config(cfg, rank, local_rank) if world > 1 else cfg
-        if cfg.device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(cfg.device))
-        trainer = Trainer(cfg, resume=resume)
-        result = trainer.train()
-        if rank == 0:
-            print(_json_line(dict(result, world_size=world)), flush=True)
-    finally:
-        # The trainer's DDP reducer must go before the process group: freed last, it destroys the
-        # gloo group with the GIL held and can deadlock against gloo's worker thread (pytorch#56297).
-        trainer = None
-        gc.collect()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+@torch.no_grad()
+def broadcast_parameters(modules: Iterable[torch.nn.Module]) -> None:
+    """Copies rank 0's parameters and buffers to every rank (ranks are seeded apart, so their
+    freshly built networks differ). No-op outside a process group of more than one rank."""
+    if not is_distributed():
+        return
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)

@@ -17,6 +17,7 @@ then the actor; a sample plus N(0, 0.3) noise while collecting, the mode in test
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -26,9 +27,8 @@ from torch.distributions import Categorical, Normal
 from ..modules import make_dreamer_actor, make_value_model
 from ..objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError
 from ..policies import DreamerPolicy
-from .agent import Agent, build_world_model_and_loss
-from .config import RunConfig
-from .distributed import average_gradients
+from .agent import Agent, build_world_model_and_loss, clip_gradients
+from .config import Imagination, Returns, RunConfig
 
 __all__ = ["DreamerAgent"]
 
@@ -36,14 +36,15 @@ __all__ = ["DreamerAgent"]
 class DreamerAgent(Agent):
     """Dreamer: the RSSM world model, an actor and a value learned on imagined trajectories.
 
-    Three Adam optimisers (``lr`` for the model, ``actor_lr``, ``value_lr``), each with its
+    Three Adam optimisers (``model_lr`` for the model, ``actor_lr``, ``value_lr``), each with its
     gradient norm clipped at ``grad_clip``. Logged per update: the three losses, the
     imagined lambda-return (``behaviour/imagined_return``), the entropy of the actor's
     Gaussian before the tanh (``behaviour/action_entropy``; a categorical's entropy for
     one-hot actions) and the gradient norm of each network (``grad_norm/...``).
 
     Args:
-        cfg: the run configuration (world-model, loss and Dreamer fields).
+        cfg: the run configuration (its ``WorldModel``, ``ModelLoss``, ``Training`` and ``Dreamer``
+            sections; ``Imagination`` feeds the actor loss, ``Returns`` its value estimator).
         env: the training environment (its observation and action specs).
         device: where the models live.
 
@@ -61,11 +62,6 @@ class DreamerAgent(Agent):
     """
 
     name = "Dreamer"
-    #: Under torchrun, gradients are averaged across ranks in :meth:`update` with one all-reduce per
-    #: network (:func:`~torchrl_rssm.recipes.distributed.average_gradients`): the losses call the
-    #: networks' methods (``RSSMLoss.compute``, ``rollout.imagine``, the heads), which DDP's forward
-    #: hooks do not see, so no module is wrapped in DDP.
-    ddp_modules: tuple[str, ...] = ()
 
     def __init__(self, cfg: RunConfig, env, device: torch.device):
         self.cfg = cfg
@@ -74,12 +70,11 @@ class DreamerAgent(Agent):
                                         num_cells=cfg.actor_hidden_dim, device=device)
         self.value = make_value_model(cfg.state_dim, cfg.belief_dim, hidden_dim=cfg.value_hidden_dim, device=device)
         self.actor_loss = DreamerActorLoss(self.actor, self.value, self.world_model,
-                                           imagination_horizon=cfg.imagination_horizon,
-                                           time_reduction=cfg.time_reduction)
-        self.actor_loss.make_value_estimator(gamma=cfg.gamma, lmbda=cfg.lmbda)
+                                           **asdict(cfg.section(Imagination)))
+        self.actor_loss.make_value_estimator(**asdict(cfg.section(Returns)))
         self.value_loss = DreamerValueLoss(self.value, gamma=cfg.gamma, time_reduction=cfg.time_reduction)
         self._networks = {"model": self.world_model, "actor": self.actor, "value": self.value}
-        lrs = {"model": cfg.lr, "actor": cfg.actor_lr, "value": cfg.value_lr}
+        lrs = {"model": cfg.model_lr, "actor": cfg.actor_lr, "value": cfg.value_lr}
         self.optimizers = {name: torch.optim.Adam(net.parameters(), lr=lrs[name], eps=cfg.adam_eps)
                            for name, net in self._networks.items()}
         self._params = {name: list(net.parameters()) for name, net in self._networks.items()}
@@ -101,8 +96,8 @@ class DreamerAgent(Agent):
         for name, total in totals.items():  # three separate graphs (the actor loss holds the model out)
             total.backward()
         for name in self.optimizers:
-            average_gradients(self._params[name])  # torchrun: the mean over ranks (no-op otherwise)
-            out[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(self._params[name], self.cfg.grad_clip)
+            # under torchrun: averaged over the ranks first (process_group None: one process)
+            out[f"grad_norm/{name}"] = clip_gradients(self._params[name], self.cfg.grad_clip, self.process_group)
         # finite losses can still give inf/NaN gradients: check before any step (one host sync), so a
         # skipped update leaves every parameter as it was
         if not bool(torch.isfinite(torch.stack([out[f"grad_norm/{n}"] for n in self.optimizers])).all()):
@@ -128,6 +123,9 @@ class DreamerAgent(Agent):
             loc, scale = params
             return Normal(loc, scale).entropy().sum(-1).mean()
         return Categorical(logits=params).entropy().mean()
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return dict(self._networks)
 
     def state_dict(self) -> dict[str, Any]:
         out = {"world_model": self.world_model.state_dict(), "actor": self.actor.state_dict(),

@@ -1,31 +1,40 @@
 """Test episodes from a trained agent, optionally written to a video (MP4 or GIF by suffix)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from .trainer import Trainer, first_episode_returns
+from .collection import first_episode_returns
+from .trainer import Trainer
 
-__all__ = ["VIDEO_SUFFIXES", "evaluate", "write_gif", "write_video"]
+__all__ = ["VIDEO_SUFFIXES", "check_video_path", "evaluate", "write_gif", "write_video"]
 
 #: video formats ``write_video`` writes, by file suffix
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
 @torch.no_grad()
-def evaluate(trainer: Trainer, episodes: int = 5, video: str | Path | None = None) -> dict:
+def evaluate(trainer: Trainer, episodes: int = 5, video: str | Path | None = None, progress: bool = False) -> dict:
     """Runs ``episodes`` noise-free episodes (``DETERMINISTIC``) as one batch; writes the first to ``video``.
 
     ``video`` is written in the format its suffix names (:func:`write_video`: ``.mp4`` or
     ``.gif``); any other suffix is refused before the episodes run. For agents trained on
     state vectors the test environments also render pixels (the model reads
-    ``observation``; the frames ride along), so a video can still be written.
+    ``observation``; the frames ride along), so a video can still be written. ``progress``: a
+    progress bar over the episodes' steps on stderr.
     """
     if video is not None:
-        _check_video_path(video)
+        check_video_path(video)
     want_pixels = video is not None and not trainer.cfg.from_pixels
-    rollout = trainer.rollout_test(episodes, from_pixels=True if want_pixels else None, pixels_only=not want_pixels)
+    bar = tqdm(total=trainer.episode_steps, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True,
+               desc=f"{trainer.agent.name}: {episodes} test episode{'s' if episodes != 1 else ''}")
+    with bar:
+        rollout = trainer.rollout_test(episodes, from_pixels=True if want_pixels else None,
+                                       pixels_only=not want_pixels, callback=lambda env, td: bar.update())
+        bar.update(bar.total - bar.n)  # TorchRL calls back between steps: not after the last
     returns = first_episode_returns(rollout).reshape(-1)
     result = {"episodes": episodes, "mean_return": float(returns.mean()),
               "returns": [round(float(r), 2) for r in returns], "env_steps": trainer.counters["env_steps"]}
@@ -36,7 +45,7 @@ def evaluate(trainer: Trainer, episodes: int = 5, video: str | Path | None = Non
     return result
 
 
-def _check_video_path(path: str | Path) -> str:
+def check_video_path(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"video={str(path)!r}: unsupported format {suffix or '(no suffix)'!r}; "
@@ -67,7 +76,7 @@ def write_video(frames: torch.Tensor, path: str | Path, fps: int = 15) -> None:
         ...
         ValueError: video='.../clip.avi': unsupported format '.avi'; use a file name ending in .mp4 or .gif.
     """
-    suffix = _check_video_path(path)
+    suffix = check_video_path(path)
     if suffix == ".gif":
         write_gif(frames, path, fps=fps)
         return

@@ -2,11 +2,11 @@
 
 Only what is PlaNet's lives here (:class:`PlaNetAgent`); the loop, replay, tests,
 checkpoints and resume are the core's (:mod:`torchrl_rssm.recipes.trainer`).
-``PlaNetTrainer`` and ``load_trainer`` keep their old import paths.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -15,18 +15,18 @@ from tensordict import TensorDictBase
 from ..envs import dequantize
 from ..planners import CEMPlanner, MPPIPlanner
 from ..policies import PlaNetPolicy
-from .agent import Agent, build_world_model_and_loss
-from .config import RunConfig
-from .trainer import ConfigMismatchError, Trainer, load_trainer, resolve_device
+from .agent import Agent, build_world_model_and_loss, clip_gradients
+from .config import Planning, RunConfig
 
-__all__ = ["ConfigMismatchError", "PlaNetAgent", "PlaNetTrainer", "load_trainer", "resolve_device"]
+__all__ = ["PlaNetAgent"]
 
 
 class PlaNetAgent(Agent):
     """PlaNet: RSSM world model trained with :class:`RSSMLoss`, acting by planning (CEM or MPPI).
 
     Args:
-        cfg: the run configuration (world-model, loss, optimiser and planner fields).
+        cfg: the run configuration (its ``WorldModel``, ``ModelLoss``, ``Training`` and ``PlaNet``
+            sections).
         env: the training environment (its observation and action specs).
         device: where the models live.
 
@@ -48,7 +48,7 @@ class PlaNetAgent(Agent):
     def __init__(self, cfg: RunConfig, env, device: torch.device):
         self.cfg = cfg
         self.obs_key, self.world_model, self.loss_module = build_world_model_and_loss(cfg, env, device)
-        self.optimizer = torch.optim.Adam(self.world_model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = torch.optim.Adam(self.world_model.parameters(), lr=cfg.model_lr, eps=cfg.adam_eps)
         self._params = list(self.world_model.parameters())
         # acting sees the same dequantised pixels as training (the replay buffer applies it on sampling)
         observation_transform = functools.partial(dequantize, bits=cfg.bit_depth) if cfg.from_pixels else None
@@ -58,12 +58,11 @@ class PlaNetAgent(Agent):
 
     def _make_planner(self, action_spec):
         cfg = self.cfg
-        kw = dict(action_spec=action_spec, planning_horizon=cfg.planning_horizon, optim_steps=cfg.optim_steps,
-                  num_candidates=cfg.num_candidates, top_k=cfg.top_k)
+        kw = dict(action_spec=action_spec, **asdict(cfg.section(Planning)))
         if cfg.planner == "cem":
             return CEMPlanner(self.world_model, **kw)
         if cfg.planner == "mppi":
-            return MPPIPlanner(self.world_model, temperature=cfg.mppi_temperature, **kw)
+            return MPPIPlanner(self.world_model, temperature=cfg.temperature, **kw)
         raise ValueError(f"planner={cfg.planner!r}: expected 'cem' or 'mppi'.")
 
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -73,7 +72,7 @@ class PlaNetAgent(Agent):
         total = sum(v for k, v in losses.items() if k.startswith("loss_"))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        clip_gradients(self._params, self.cfg.grad_clip, self.process_group)  # torchrun: averaged over ranks
         self.optimizer.step()
         out = {k: v.detach() for k, v in losses.items()}
         out["loss"] = total.detach()
@@ -86,15 +85,3 @@ class PlaNetAgent(Agent):
         self.world_model.load_state_dict(state["world_model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-
-class PlaNetTrainer(Trainer):
-    """The trainer core running a :class:`PlaNetAgent` (``cfg.algo`` is not consulted).
-
-    Examples:
-        >>> from torchrl_rssm.recipes import preset, PlaNetTrainer
-        >>> cfg = preset("tiny")            # doctest: +SKIP
-        >>> PlaNetTrainer(cfg).train()      # doctest: +SKIP
-    """
-
-    def __init__(self, cfg: RunConfig, resume: bool = False):
-        super().__init__(cfg, PlaNetAgent, resume=resume)

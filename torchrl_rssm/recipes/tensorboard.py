@@ -7,10 +7,11 @@ GIFs with Pillow and written as the same image summary TensorBoard shows as a vi
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import torch
-from torch.utils.tensorboard.summary import Summary
+from torch.utils.tensorboard.summary import Summary, hparams
 from torchrl.record.loggers.tensorboard import TensorboardLogger
 
 
@@ -24,14 +25,32 @@ def _to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 
 
 class RSSMTensorboardLogger(TensorboardLogger):
-    """TorchRL's ``TensorboardLogger`` plus ``log_images`` and a moviepy-free ``log_video``.
+    """TorchRL's ``TensorboardLogger`` plus ``log_images``, a moviepy-free ``log_video``, and
+    ``log_hparams`` written into the run itself (``SummaryWriter.add_hparams`` writes them to a new
+    timestamped folder, which TensorBoard lists as an extra, empty run).
 
     Examples:
         >>> import tempfile, torch
         >>> logger = RSSMTensorboardLogger("demo", log_dir=tempfile.mkdtemp())
         >>> logger.log_scalar("loss", 1.0, step=0)
         >>> logger.log_video("video", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), step=0)
+        >>> logger.log_hparams({"model_lr": 1e-3, "env_kwargs": {"continuous": False}})
     """
+
+    #: the scalar TensorBoard's hparams view shows beside each run's settings
+    HPARAM_METRICS = ("test/return",)
+
+    def log_hparams(self, cfg: dict, metrics: tuple[str, ...] | None = None) -> None:
+        """The run's settings in TensorBoard's hparams view, written into this run's own folder.
+
+        Values other than numbers, strings and booleans (e.g. a dict) are written as JSON; the
+        view shows ``metrics`` (scalar tags the run logs) beside them.
+        """
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in cfg.items()}
+        tags = self.HPARAM_METRICS if metrics is None else metrics
+        writer = self.experiment._get_file_writer()
+        for summary in hparams(clean, {tag: float("nan") for tag in tags}):
+            writer.add_summary(summary)
 
     def log_images(self, name: str, images: torch.Tensor, step: int | None = None) -> None:
         """Logs a batch of images ``[N, C, H, W]`` (same ranges as :meth:`log_video`)."""

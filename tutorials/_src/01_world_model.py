@@ -175,7 +175,7 @@ out["next"].select("encoded_latents", "belief", "state", "prior_mean", "prior_st
 
 # %%
 loss_fn = RSSMLoss(world_model, free_nats=3.0)
-optimizer = torch.optim.Adam(world_model.parameters(), lr=cfg.lr, eps=1e-4)
+optimizer = torch.optim.Adam(world_model.parameters(), lr=cfg.model_lr, eps=1e-4)
 {k: round(v.item(), 3) for k, v in loss_fn(batch).detach().items()}
 
 # %% [markdown]

@@ -19,7 +19,7 @@
 # | learning | `RSSMLoss` (a TorchRL `LossModule`) + Adam |
 # | logging | TorchRL's `TensorboardLogger` |
 #
-# `torchrl-rssm train` (the `PlaNetTrainer` recipe) runs this same loop with checkpoints,
+# `torchrl-rssm train` (the `Trainer` recipe) runs this same loop with checkpoints,
 # videos and presets; here we write it out.
 
 # %% [markdown]
@@ -257,15 +257,15 @@ plt.show()
 # %% [markdown]
 # ## The same as a recipe
 #
-# `PlaNetTrainer` wraps this loop with the paper's presets, checkpoints that include the
+# `Trainer` wraps this loop with the paper's presets, checkpoints that include the
 # replay buffer (a killed run resumes where it stopped), test episodes run as a batch of
 # environments, reconstructions and open-loop prediction videos in TensorBoard:
 #
 # ```python
-# from torchrl_rssm.recipes import PlaNetTrainer, preset
+# from torchrl_rssm.recipes import Trainer, preset
 # cfg = preset("quick")              # or "cartpole-swingup" (the paper's settings) on a GPU
 # cfg.logdir = "runs/planet-quick"
-# PlaNetTrainer(cfg).train()
+# Trainer(cfg).train()
 # ```
 #
 # or from a shell: `torchrl-rssm train --preset quick`, then `tensorboard --logdir runs`.
