@@ -96,7 +96,7 @@ def symexp(value: torch.Tensor) -> torch.Tensor:
 
     Examples:
         >>> import torch
-        >>> symexp(symlog(torch.tensor([-100.0, 0.5, 1000.0]))).tolist()
+        >>> [round(x, 3) for x in symexp(symlog(torch.tensor([-100.0, 0.5, 1000.0]))).tolist()]
         [-100.0, 0.5, 1000.0]
     """
     return torch.sign(value) * torch.expm1(value.abs())
@@ -1138,9 +1138,8 @@ class DreamerV3ValueLoss(LossModule):
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from tensordict.nn import TensorDictModule, TensorDictSequential
-        >>> from torchrl.modules import MLP
+        >>> from torchrl.modules import MLP, SymExpTwoHot
         >>> from torchrl.objectives import SoftUpdate
-        >>> from torchrl_rssm.modules import SymExpTwoHot
         >>> value = TensorDictSequential(
         ...     TensorDictModule(MLP(in_features=4, out_features=255, num_cells=8, depth=1),
         ...                      in_keys=["state"], out_keys=["state_value_logits"]),
