@@ -175,7 +175,7 @@ def test_paper_preset_settings():
 
 
 def test_model_loss_kl_terms_match_hand_computed_weights():
-    loss, net = _model_loss(lambda_continue=0.0)
+    loss, _net = _model_loss(lambda_continue=0.0)
     td = _wm_batch()
     losses, out = loss(td)
     dyn, rep = categorical_kl_terms(out["next", "posterior_logits"], out["next", "prior_logits"], 1.0, 0.01)
@@ -218,7 +218,7 @@ def test_continuation_without_terminated_is_an_error_not_done():
         loss(batch)
     # TorchRL falls back to done there (the difference named in the docstring)
     theirs, _ = _model_loss(TorchRLModelLoss, paper=False, lambda_continue=1.0, kl_mode="separate")
-    assert "loss_model_continue" in theirs(batch)[0].keys()
+    assert "loss_model_continue" in theirs(batch)[0]
 
 
 def test_model_loss_reward_logits_with_wrong_bins_is_named():
@@ -366,7 +366,7 @@ def _all_grads_none(module):
 
 @pytest.mark.parametrize("use_reinforce", [False, True])
 def test_actor_loss_reaches_only_the_actor(use_reinforce):
-    env, prior = _env()
+    env, _prior = _env()
     actor, value = _actor(log_prob=True), _value()
     cont = Mod(_Const(0.9), ["state", "belief"], ["continuation"])
     loss = DreamerV3ActorLoss.from_paper(actor, value, env, continuation_model=cont, imagination_horizon=3,
@@ -377,7 +377,7 @@ def test_actor_loss_reaches_only_the_actor(use_reinforce):
     assert _all_grads_none(env) and _all_grads_none(value) and _all_grads_none(cont)
     assert all(p.requires_grad for p in (*env.parameters(), *value.parameters(), *cont.parameters()))
     assert not fake["discount_weight"].requires_grad and not fake["lambda_target"].requires_grad
-    assert "action_log_prob" in fake.keys()
+    assert "action_log_prob" in fake
 
 
 def test_value_loss_reaches_only_the_critic():
@@ -399,7 +399,7 @@ def test_imagination_matches_torchrl_with_a_continuation_model():
     env, _ = _env()
     actor, value = _actor(), _value()
     cont = Mod(_Cat(nn.Sequential(nn.Linear(S + D, 1), nn.Sigmoid())), ["state", "belief"], ["continuation"])
-    kw = dict(continuation_model=cont, imagination_horizon=4, entropy_bonus=0.0)
+    kw = {"continuation_model": cont, "imagination_horizon": 4, "entropy_bonus": 0.0}
     ours, theirs = DreamerV3ActorLoss(actor, value, env, **kw), TorchRLActorLoss(actor, value, env, **kw)
     for loss in (ours, theirs):
         loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.95)
