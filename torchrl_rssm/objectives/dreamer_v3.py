@@ -642,6 +642,27 @@ def _run(program: list, env: dict, sample: bool = True) -> dict:
     return env
 
 
+def _pruned(program: list | None, wanted: NestedKey) -> list | None:
+    """The leaves of ``program`` that ``wanted`` depends on (e.g. a critic's logits without their decoding)."""
+    if program is None:
+        return None
+    needed, kept = {wanted}, []
+    for leaf in reversed(program):
+        if needed & set(leaf.out_keys):
+            kept.append(leaf)
+            needed |= set(leaf.in_keys)
+    return kept[::-1] if kept else None
+
+
+def _inputs(program: list) -> list:
+    """The keys ``program`` reads that none of its own modules writes."""
+    written, inputs = set(), []
+    for leaf in program:
+        inputs += [key for key in leaf.in_keys if key not in written and key not in inputs]
+        written |= set(leaf.out_keys)
+    return inputs
+
+
 def _call(module, program, env: dict, batch: torch.Size) -> dict:
     """``module`` on ``env``: as a tensor program when it is one, else through a tensordict."""
     if program is not None:
@@ -960,10 +981,11 @@ class DreamerV3ActorLoss(LossModule):
         raise KeyError(f"DreamerV3ActorLoss: the batch has no start latents: expected {k.state!r} and {k.belief!r} "
                        f"(or under 'next'), got keys {sorted(map(str, tensordict.keys(True, True)))}.")
 
-    def _act(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
+    def _act(self, state: torch.Tensor, belief: torch.Tensor) -> dict:
+        """The actor on stop-gradient latents: its outputs (the action, and its distribution's parameters)."""
         k, parts = self.tensor_keys, self._parts
         env = {k.state: state.detach(), k.belief: belief.detach()}
-        return _call(self.actor_model, parts["actor_program"], env, state.shape[:-1])[k.action]
+        return _call(self.actor_model, parts["actor_program"], env, state.shape[:-1])
 
     def _heads(self, which: str, module, state: torch.Tensor, belief: torch.Tensor, key: NestedKey):
         if module is None:
@@ -972,33 +994,40 @@ class DreamerV3ActorLoss(LossModule):
         return _call(module, self._parts[which + "_program"], env, state.shape[:-1])[key]
 
     def imagine(self, state: torch.Tensor, belief: torch.Tensor) -> dict[str, torch.Tensor]:
-        """H imagined steps from ``[N, F]`` start latents: ``state``, ``belief`` (s_1..s_H), ``action`` (a_0..a_{H-1}),
-        and ``reward`` when the world model is one module, each ``[N, H, F]``."""
+        """H imagined steps from ``[N, F]`` start latents, each output ``[N, H, F]``: ``state``, ``belief``
+        (s_1..s_H), ``action`` (a_0..a_{H-1}), the actor's distribution parameters under their keys when
+        the actor is a tensor program, and ``reward`` when the world model is one module."""
         k, parts = self.tensor_keys, self._parts
         batch = state.shape[:-1]
-        states, beliefs, actions, rewards = [], [], [], []
+        program = parts["actor_program"]
+        param_keys = [key for key in program[-1].in_keys] if program is not None else []
+        steps: dict = {"state": [], "belief": [], "action": [], "reward": [], **{key: [] for key in param_keys}}
+        # REINFORCE differentiates only the actor's log-probabilities: no graph through the model then
+        model_grad = torch.is_grad_enabled() and not self.use_reinforce
         with set_exploration_type(ExplorationType.RANDOM):
             for _ in range(self.imagination_horizon):
-                action = self._act(state, belief)
-                out = _call(parts["transition"], parts["transition_program"],
-                            {k.state: state, k.belief: belief, k.action: action}, batch)
+                acted = self._act(state, belief)
+                action = acted[k.action]
+                with torch.set_grad_enabled(model_grad):
+                    out = _call(parts["transition"], parts["transition_program"],
+                                {k.state: state, k.belief: belief, k.action: action}, batch)
                 state, belief = out[k.state], out[k.belief]
-                states.append(state), beliefs.append(belief), actions.append(action)
+                steps["state"].append(state), steps["belief"].append(belief), steps["action"].append(action)
+                for key in param_keys:
+                    steps[key].append(acted[key])
                 if parts["reward"] is None:
-                    rewards.append(out[k.reward])
-        traj = {"state": torch.stack(states, 1), "belief": torch.stack(beliefs, 1), "action": torch.stack(actions, 1)}
-        if rewards:
-            traj["reward"] = torch.stack(rewards, 1)
-        return traj
+                    steps["reward"].append(out[k.reward])
+        return {name: torch.stack(values, 1) for name, values in steps.items() if values}
 
-    def _policy_dist(self, state: torch.Tensor, belief: torch.Tensor):
-        """The actor's distribution and its intermediate outputs on ``[N, H, F]`` stop-gradient latents."""
-        k, program = self.tensor_keys, self._parts["actor_program"]
-        env = {k.state: state.detach(), k.belief: belief.detach()}
+    def _policy_dist(self, traj: dict, root_state: torch.Tensor, root_belief: torch.Tensor):
+        """The actor's distribution over the ``[N, H]`` rows, from the parameters imagination computed
+        (on the same stop-gradient latents) or, for other actors, from a new call; and those parameters."""
+        program = self._parts["actor_program"]
         if program is not None:
-            env = _run(program, env, sample=False)
-            return program[-1].get_dist(env), env
-        td = TensorDict(env, state.shape[:-1])
+            params = {key: traj[key] for key in program[-1].in_keys}
+            return program[-1].get_dist(params), params
+        k = self.tensor_keys
+        td = TensorDict({k.state: root_state.detach(), k.belief: root_belief.detach()}, root_state.shape[:-1])
         return self.actor_model.get_dist(td), {}
 
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDict, TensorDict]:
@@ -1009,19 +1038,26 @@ class DreamerV3ActorLoss(LossModule):
         s0, b0 = state0.reshape(-1, state0.shape[-1]), belief0.reshape(-1, belief0.shape[-1])
         N = s0.shape[0]
         continuation_model = self.continuation_model
+        # REINFORCE differentiates only the actor's log-probabilities: the heads (and, inside imagine, the
+        # transition) then run without a graph
+        heads_grad = torch.no_grad() if self.use_reinforce else contextlib.nullcontext()
         with _held_out(self.model_based_env, self.value_model, continuation_model):
             traj = self.imagine(s0, b0)
             state, belief = traj["state"], traj["belief"]  # s_1..s_H: [N, H, F]
-            reward = traj.get("reward")
-            if reward is None:
-                reward = self._heads("reward", parts["reward"], state, belief, k.reward)
-            next_value = self._heads("value", self.value_model, state, belief, k.value)
-            if continuation_model is not None:
-                cont = self._heads("continuation", continuation_model, torch.cat([s0.unsqueeze(1), state], 1),
-                                   torch.cat([b0.unsqueeze(1), belief], 1), k.continuation)
-                root_cont, continuation = cont[:, :-1], cont[:, 1:]  # c(s_0..s_{H-1}), c(s_1..s_H)
-            else:
-                root_cont = continuation = None
+            all_state = torch.cat([s0.unsqueeze(1), state], 1)  # s_0..s_H: [N, H + 1, F]
+            all_belief = torch.cat([b0.unsqueeze(1), belief], 1)
+            with heads_grad:
+                reward = traj.get("reward")
+                if reward is None:
+                    reward = self._heads("reward", parts["reward"], state, belief, k.reward)
+                # one critic pass over s_0..s_H: bootstrap values v(s_1..s_H) and baseline v(s_0..s_{H-1})
+                values = self._heads("value", self.value_model, all_state, all_belief, k.value)
+                next_value, baseline = values[:, 1:], values[:, :-1].detach()
+                if continuation_model is not None:
+                    cont = self._heads("continuation", continuation_model, all_state, all_belief, k.continuation)
+                    root_cont, continuation = cont[:, :-1], cont[:, 1:]  # c(s_0..s_{H-1}), c(s_1..s_H)
+                else:
+                    root_cont = continuation = None
         lambda_target = self.lambda_target(reward, next_value, continuation)
 
         if self.discount_loss:
@@ -1030,16 +1066,13 @@ class DreamerV3ActorLoss(LossModule):
         else:
             discount = torch.ones_like(lambda_target)
 
-        root_state = torch.cat([s0.unsqueeze(1), state[:, :-1].detach()], 1)
-        root_belief = torch.cat([b0.unsqueeze(1), belief[:, :-1].detach()], 1)
+        root_state, root_belief = all_state[:, :-1].detach(), all_belief[:, :-1].detach()
         action = traj["action"]
         need_dist = self.use_reinforce or self.entropy_bonus > 0 or self._writes_log_prob()
-        dist, actor_env = self._policy_dist(root_state, root_belief) if need_dist else (None, {})
+        dist, actor_env = self._policy_dist(traj, root_state, root_belief) if need_dist else (None, {})
         return_scale = self._return_scale(lambda_target)
         if self.use_reinforce:
             log_prob = _match_trailing_dim(dist.log_prob(action.detach()), lambda_target)
-            with _held_out(self.value_model):
-                baseline = self._heads("value", self.value_model, root_state, root_belief, k.value)
             advantage = ((lambda_target - baseline) / return_scale).detach()
             loss = -(discount * log_prob * advantage).mean()
         else:
@@ -1061,8 +1094,7 @@ class DreamerV3ActorLoss(LossModule):
                 ("next", k.terminated): torch.zeros(N, H, 1, dtype=torch.bool, device=s0.device),
                 "lambda_target": lambda_target.detach(), k.discount_weight: discount}
         for key, value in actor_env.items():  # the actor's loc/scale (or logits), as TorchRL's rollout keeps them
-            if key not in (k.state, k.belief) and isinstance(value, torch.Tensor) and value.shape[:2] == (N, H):
-                fake[key] = value.detach()
+            fake[key] = value.detach()
         if self._writes_log_prob():
             fake[self._log_prob_key()] = dist.log_prob(action.detach()).detach()
         if continuation is not None:
@@ -1227,13 +1259,25 @@ class DreamerV3ValueLoss(LossModule):
         """Copies ``gamma`` from an actor loss (passing ``actor_loss=`` to the constructor keeps them in step)."""
         self.gamma = float(actor_loss.value_estimator.gamma)
 
-    def _evaluate(self, tensordict: TensorDictBase, params) -> TensorDictBase:
-        td = tensordict.select(*self.value_model.in_keys, strict=False)
+    def _evaluate(self, tensordict: TensorDictBase, params, wanted: NestedKey):
+        """The critic with ``params`` on ``tensordict``'s rows: a mapping holding ``wanted``.
+
+        A plain ``TensorDictModule`` tree runs on tensors, only the modules ``wanted`` depends on
+        (the online critic's logits are not decoded); other modules run on a tensordict.
+        """
+        program = _pruned(_program(self.value_model), wanted)
         with params.to_module(self.value_model, preserve_module_state=False):
+            if program is not None:
+                env = {key: tensordict.get(key) for key in _inputs(program)}
+                return _run(program, env)
+            td = tensordict.select(*self.value_model.in_keys, strict=False)
             self.value_model(td)
         return td
 
-    def _prediction(self, td: TensorDictBase) -> torch.Tensor:
+    def _predicted_key(self) -> NestedKey:
+        return self.tensor_keys.value_logits if self.value_loss == "two_hot" else self.tensor_keys.value
+
+    def _prediction(self, td) -> torch.Tensor:
         """The logits (two-hot) or the scalar value ``[..., 1]`` written by the critic."""
         k = self.tensor_keys
         if self.value_loss == "symlog_mse":
@@ -1260,7 +1304,7 @@ class DreamerV3ValueLoss(LossModule):
 
     def _slow_value(self, tensordict: TensorDictBase) -> torch.Tensor:
         with torch.no_grad():
-            td = self._evaluate(tensordict, self.target_value_model_params)
+            td = self._evaluate(tensordict, self.target_value_model_params, self.tensor_keys.value)
         value = td.get(self.tensor_keys.value)
         if self.value_loss == "two_hot" and value.shape[-1] == self.value_bins.shape[0]:  # logits only
             value = two_hot_decode(value, self.value_bins).unsqueeze(-1)
@@ -1269,7 +1313,7 @@ class DreamerV3ValueLoss(LossModule):
     def forward(self, fake_data: TensorDictBase) -> tuple[TensorDict, TensorDictBase]:
         """The critic loss on ``fake_data``; returns ``(TensorDict(loss_value, value_slow_loss), fake_data)``."""
         target = fake_data.get("lambda_target").squeeze(-1)
-        td = self._evaluate(fake_data, self.value_model_params)
+        td = self._evaluate(fake_data, self.value_model_params, self._predicted_key())
         prediction = self._prediction(td)
         weight = fake_data.get(self.tensor_keys.discount_weight, None)
         if weight is not None:
@@ -1316,7 +1360,7 @@ class DreamerV3ValueLoss(LossModule):
         target = _replay_value_target(reward, done, terminated, tensordict.get(k.bootstrap), horizon, lmbda)
         done = done.squeeze(-1) if done.ndim > len(tensordict.batch_size) else done
         weight = ~done[..., :-1].bool()
-        td = self._evaluate(tensordict, self.value_model_params)
+        td = self._evaluate(tensordict, self.value_model_params, self._predicted_key())
         prediction = self._prediction(td)[..., :-1, :]
         loss = self._step_loss(prediction, target)
         if self.slow_critic_regularization:
