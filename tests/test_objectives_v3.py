@@ -495,3 +495,28 @@ def test_functions_bad_input_named():
         categorical_kl_terms(torch.zeros(2, 3, 4), torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="unimix"):
         categorical_kl_terms(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), unimix=1.0)
+
+
+class _OpaqueModule(Mod):
+    """A TensorDictModule with its own forward: the loss must call it through a tensordict."""
+
+    def forward(self, tensordict, *args, **kwargs):
+        return super().forward(tensordict, *args, **kwargs)
+
+
+def test_modules_that_are_not_tensor_programs_run_through_tensordicts():
+    env, prior = _env()
+    actor, value = _actor(), _value()
+    fast = DreamerV3ActorLoss(actor, value, env, imagination_horizon=3, entropy_bonus=0.0)
+    opaque_transition = _OpaqueModule(prior, in_keys=["state", "belief", "action"], out_keys=["_", "state", "belief"])
+    slow_env = DreamerEnv(WorldModelWrapper(opaque_transition, env.world_model[1]), prior_shape=(S,),
+                          belief_shape=(D,))
+    slow = DreamerV3ActorLoss(actor, value, slow_env, imagination_horizon=3, entropy_bonus=0.0)
+    assert fast._parts["transition_program"] is not None and slow._parts["transition_program"] is None
+    starts = _starts(4)
+    torch.manual_seed(11)
+    fast_losses, fast_fake = fast(starts)
+    torch.manual_seed(11)
+    slow_losses, slow_fake = slow(starts)
+    torch.testing.assert_close(fast_fake["lambda_target"], slow_fake["lambda_target"])
+    torch.testing.assert_close(fast_losses["loss_actor"], slow_losses["loss_actor"])
