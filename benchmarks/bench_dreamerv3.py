@@ -24,7 +24,10 @@ batch 16 x 16) and ``walker`` (``config_dmc_walker.yaml``: 24-dim observations, 
 belief 512, 32 categoricals of 4 classes, hidden 64, batch 16 x 64). Calls alternate (ours,
 TorchRL, ...) and the numbers are medians after warm-up.
 
-    python benchmarks/bench_dreamerv3.py [--quick] [--json PATH] [--threads N] [--settings smoke walker]
+``--floor`` adds the behaviour update's arithmetic alone (the same networks and kernels as plain
+tensor code, no loss bookkeeping): a lower bound for any implementation with these networks.
+
+    python benchmarks/bench_dreamerv3.py [--quick] [--json PATH] [--threads N] [--settings smoke walker] [--floor]
 """
 from __future__ import annotations
 
@@ -109,7 +112,8 @@ class _Continue(torch.nn.Module):
 
 
 def build(cfg: dict, ours: bool, weights: dict | None = None):
-    """The world model, imagination env, actor, value and continuation model of one side."""
+    """The world model, actor and value (``nets``), the imagination env, the continuation model, the module
+    names borrowed from TorchRL, and the raw networks (for the floor) of one side."""
     cls, borrowed = classes(ours)
     C, K, D, HID, OBS, A = cfg["C"], cfg["K"], cfg["D"], cfg["hidden"], cfg["obs"], cfg["A"]
     S = C * K
@@ -154,7 +158,11 @@ def build(cfg: dict, ours: bool, weights: dict | None = None):
     if weights is not None:  # TorchRL's weights on our modules (their state dicts load)
         for name, net in nets.items():
             net.load_state_dict(weights[name])
-    return nets, env, continuation, borrowed
+
+    # the raw networks, for the arithmetic-only floor
+    raw = {"prior": prior_net, "actor": actor[0].module, "reward": reward_net, "value": value[0].module,
+           "continuation": cont_logit}
+    return nets, env, continuation, borrowed, raw
 
 
 def updates(nets: dict, env, continuation, ours: bool):
@@ -200,6 +208,63 @@ def updates(nets: dict, env, continuation, ours: bool):
     return model_update, behaviour_update
 
 
+def floor_behaviour_update(raw: dict, bins: torch.Tensor):
+    """The behaviour update's arithmetic alone, as plain tensor code: the same networks, the same
+    imagination, returns, percentile scale, REINFORCE and two-hot critic losses with the slow critic,
+    backward passes, Adam steps and EMA, and no loss bookkeeping (a lower bound for these kernels)."""
+    from torchrl_rssm.objectives.dreamer_v3 import two_hot_cross_entropy, two_hot_decode
+
+    prior, actor, reward_net, value_net, cont_net = (raw[k] for k in ("prior", "actor", "reward", "value",
+                                                                       "continuation"))
+    slow_net = copy.deepcopy(value_net).requires_grad_(False)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-5)
+    value_opt = torch.optim.Adam(value_net.parameters(), lr=3e-5)
+    low, high = torch.zeros(()), torch.zeros(())
+
+    def update(starts: TensorDict) -> None:
+        nonlocal low, high
+        s, b = starts["state"], starts["belief"]
+        with torch.no_grad():
+            states, beliefs, actions = [s], [b], []
+            for _ in range(H):
+                loc, scale = actor(s, b)
+                a = loc + scale * torch.randn_like(loc)
+                _, s, b = prior(s, b, a)
+                states.append(s), beliefs.append(b), actions.append(a)
+            st, bl, act = torch.stack(states, 1), torch.stack(beliefs, 1), torch.stack(actions, 1)
+            r = two_hot_decode(reward_net(st[:, 1:], bl[:, 1:]), bins).unsqueeze(-1)
+            v = two_hot_decode(value_net(st, bl), bins).unsqueeze(-1)
+            c = torch.sigmoid(cont_net(st, bl))
+            ret, out = v[:, -1], []
+            for t in range(H - 1, -1, -1):
+                ret = r[:, t] + c[:, t + 1] * (0.05 * v[:, t + 1] + 0.95 * ret)
+                out.append(ret)
+            ret = torch.stack(out[::-1], 1)
+            w = torch.cat([c[:, :1], c[:, 1:-1]], 1).cumprod(1)
+            q = torch.quantile(ret.flatten(), torch.tensor([0.05, 0.95]))
+            low, high = low + 0.01 * (q[0] - low), high + 0.01 * (q[1] - high)
+            adv = (ret - v[:, :-1]) / (high - low).clamp_min(1.0)
+        root_s, root_b = st[:, :-1], bl[:, :-1]
+        dist = torch.distributions.Independent(torch.distributions.Normal(*actor(root_s, root_b)), 1)
+        loss = -(w * dist.log_prob(act).unsqueeze(-1) * adv).mean() - 3e-4 * (w * dist.entropy().unsqueeze(-1)).mean()
+        actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        actor_opt.step()
+        logits = value_net(root_s, root_b)
+        with torch.no_grad():
+            slow = two_hot_decode(slow_net(root_s, root_b), bins)
+        w = w.squeeze(-1)
+        loss = (w * (two_hot_cross_entropy(logits, ret.squeeze(-1), bins)
+                     + two_hot_cross_entropy(logits, slow, bins))).mean()
+        value_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        value_opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(slow_net.parameters()), list(value_net.parameters()), 0.02)
+
+    return update
+
+
 def starts_of(out: TensorDict) -> TensorDict:
     """Every posterior state of the batch, detached and flattened: the imagination starts."""
     state, belief = out.get(("next", "state")).detach(), out.get(("next", "belief")).detach()
@@ -212,9 +277,9 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
     torch.manual_seed(0)
     B, T = cfg["B"], (QUICK_T if args.quick else cfg["T"])
     S, D, A = cfg["C"] * cfg["K"], cfg["D"], cfg["A"]
-    theirs, trl_env, trl_cont, _ = build(cfg, ours=False)
+    theirs, trl_env, trl_cont, _, _ = build(cfg, ours=False)
     weights = {k: copy.deepcopy(v.state_dict()) for k, v in theirs.items()}
-    ours_nets, our_env, our_cont, borrowed = build(cfg, ours=True, weights=weights)
+    ours_nets, our_env, our_cont, borrowed, raw = build(cfg, ours=True, weights=weights)
     for nets in (theirs, ours_nets):
         for net in nets.values():
             net.to(dev)
@@ -243,17 +308,26 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
               "obs": cfg["obs"], "action": A, "threads": torch.get_num_threads()}
     borrowed_note = (f"; our side uses TorchRL's {', '.join(borrowed)} (not in torchrl_rssm.modules)"
                      if borrowed else "; same weights (TorchRL's state dicts loaded into ours)")
+    if args.floor:
+        floor = floor_behaviour_update(raw, DreamerV3ValueLoss.from_paper(ours_nets["value"]).value_bins)
+        suites["behaviour update"][0]["floor"] = lambda: floor(starts)
     repeats = args.repeats or (3 if args.quick else 7)
     for label, (fns, what) in suites.items():
         ms, cpu = alternating_medians(fns, 1 if args.quick else 2, repeats, dev)
         rows.append(row(f"dreamerv3 {label} {name} ({B}x{T})", ms["ours"], ms["torchrl"], dev, config,
                         what + borrowed_note + f"; process CPU ms: ours {cpu['ours']:.0f}, "
                         f"TorchRL {cpu['torchrl']:.0f}"))
+        if "floor" in ms:
+            rows.append(row(f"dreamerv3 {label} {name} ({B}x{T}), arithmetic only", ms["floor"], ms["torchrl"], dev,
+                            config, "a lower bound, not a loss: the same networks, imagination, returns, losses, "
+                            f"backward passes and steps as plain tensor code; ours is {ms['ours'] / ms['floor']:.2f}x"
+                            f" this (CPU time: {cpu['ours'] / cpu['floor']:.2f}x)"))
 
 
 def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--floor", action="store_true", help="add the behaviour update's arithmetic-only row")
     args = parse_args(__doc__.splitlines()[0], parser)
     if args.threads is None and not str(args.device).startswith("cuda"):
         torch.set_num_threads(min(2, torch.get_num_threads()))  # the project's reference CPU: 2 threads
