@@ -520,3 +520,18 @@ def test_modules_that_are_not_tensor_programs_run_through_tensordicts():
     slow_losses, slow_fake = slow(starts)
     torch.testing.assert_close(fast_fake["lambda_target"], slow_fake["lambda_target"])
     torch.testing.assert_close(fast_losses["loss_actor"], slow_losses["loss_actor"])
+
+
+def test_lambda_target_without_continuation_runs_over_time_unlike_torchrl():
+    env, _ = _env()
+    r, v = torch.ones(1, 3, 1), torch.full((1, 3, 1), 10.0)
+    ours = DreamerV3ActorLoss(_actor(), _value(), env, imagination_horizon=3)
+    theirs = TorchRLActorLoss(_actor(), _value(), env, imagination_horizon=3)
+    for loss in (ours, theirs):
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.5, lmbda=0.5)
+    # R_2 = 1 + 0.5 * 10 = 6, R_1 = 1 + 0.5 * (0.5 * 10 + 0.5 * 6) = 5, R_0 = 1 + 0.5 * (5 + 2.5) = 4.75
+    assert ours.lambda_target(r, v).flatten().tolist() == [4.75, 5.0, 6.0]
+    # TorchRL's estimator reads the trailing (feature) axis as time here: one-step targets r + gamma v
+    assert theirs.lambda_target(r, v).flatten().tolist() == [6.0, 6.0, 6.0]
+    # with a continuation of 1 both agree
+    assert theirs.lambda_target(r, v, torch.ones_like(r)).flatten().tolist() == [4.75, 5.0, 6.0]
