@@ -352,7 +352,9 @@ class DreamerV3ModelLoss(LossModule):
     **The paper's settings** are ``DreamerV3ModelLoss.from_paper(world_model)``
     (:attr:`PAPER_KWARGS`: separate KL terms weighted 0.5 / 0.1 with 1 free nat on the KL summed
     over the categoricals, unimix 0.01, two-hot reward on 255 bins, continuation weight 1 with
-    the discount 1 - 1/333 in its target).
+    the discount 1 - 1/333 in its target). The paper symlogs vector observations only: for image
+    keys pass ``reco_symlog=False`` (or one bool per key, e.g. ``[False, True]`` for pixels and a
+    vector).
 
     **Differences from TorchRL:** the continuation target is ``1 - terminated`` only; with
     ``lambda_continue > 0`` a batch without ``("next", terminated)`` or a world model that
