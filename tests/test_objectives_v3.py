@@ -535,3 +535,81 @@ def test_lambda_target_without_continuation_runs_over_time_unlike_torchrl():
     assert theirs.lambda_target(r, v).flatten().tolist() == [6.0, 6.0, 6.0]
     # with a continuation of 1 both agree
     assert theirs.lambda_target(r, v, torch.ones_like(r)).flatten().tolist() == [4.75, 5.0, 6.0]
+
+
+class _Posterior(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(D + 3, S)
+
+    def forward(self, belief, obs):
+        logits = self.head(torch.cat([belief, obs], -1)).unflatten(-1, (2, 4))
+        return logits, torch.softmax(logits, -1).flatten(-2)
+
+
+class _PriorAnyBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cell, self.head = nn.Linear(S + D + A, D), nn.Linear(D, S)
+
+    def forward(self, state, belief, action):
+        belief = torch.tanh(self.cell(torch.cat([state, belief, action], -1)))
+        logits = self.head(belief).unflatten(-1, (2, 4))
+        return logits, torch.softmax(logits, -1).flatten(-2), belief
+
+
+def _whole(module_cls, model_cls, actor_cls, value_cls, seed=0, **kw):
+    torch.manual_seed(seed)
+    prior, posterior, reward_net = _PriorAnyBatch(), _Posterior(), _Cat(MLP(in_features=S + D, out_features=1,
+                                                                              num_cells=8, depth=1))
+    nxt = [("next", "state"), ("next", "belief")]
+    wm = TensorDictSequential(
+        Mod(prior, ["state", "belief", "action"], [("next", "prior_logits"), "_", ("next", "belief")]),
+        Mod(posterior, [("next", "belief"), ("next", "observation")], [("next", "posterior_logits"), ("next", "state")]),
+        Mod(_Cat(MLP(in_features=S + D, out_features=3, num_cells=8, depth=1)), nxt, [("next", "reco_pixels")]),
+        Mod(reward_net, nxt, [("next", "reward")]))
+    env = DreamerEnv(WorldModelWrapper(Mod(prior, ["state", "belief", "action"], ["_", "state", "belief"]),
+                                       Mod(reward_net, ["state", "belief"], ["reward"])), (S,), (D,))
+    env.observation_spec = Composite(state=Unbounded(S), belief=Unbounded(D))
+    env.state_spec = env.observation_spec.clone()
+    env.action_spec = Bounded(-1, 1, (A,))
+    env.reward_spec = Unbounded((1,))
+    actor, value = _actor(seed + 1), _value(seed + 2)
+    cont = Mod(_Cat(nn.Sequential(nn.Linear(S + D, 1), nn.Sigmoid())), ["state", "belief"], ["continuation"])
+    model_loss = model_cls(wm, reward_two_hot=False, detach_output=False, kl_mode="separate")
+    model_loss.set_keys(pixels="observation")
+    actor_loss = actor_cls(actor, value, env, continuation_model=cont, imagination_horizon=3)
+    actor_loss.make_value_estimator(ValueEstimators.TDLambda, gamma=1.0, lmbda=0.95)
+    loss = module_cls(model_loss, actor_loss, value_cls(value, actor_loss=actor_loss), **kw)
+    return loss, posterior
+
+
+def _sample():
+    torch.manual_seed(9)
+    return TensorDict({"state": torch.zeros(2, 4, S), "belief": torch.zeros(2, 4, D), "action": torch.zeros(2, 4, A),
+                       "next": {"observation": torch.randn(2, 4, 3), "reward": torch.randn(2, 4, 1),
+                                "done": torch.zeros(2, 4, 1, dtype=torch.bool),
+                                "terminated": torch.zeros(2, 4, 1, dtype=torch.bool)}}, [2, 4])
+
+
+def test_whole_objective_matches_torchrl_and_replay_value_trains_the_representation():
+    from torchrl.objectives import DreamerV3Loss as TorchRLLoss
+    from torchrl.objectives import DreamerV3ValueLoss as TorchRLValueLoss
+
+    from torchrl_rssm.objectives import DreamerV3Loss
+
+    ours, posterior = _whole(DreamerV3Loss, DreamerV3ModelLoss, DreamerV3ActorLoss, DreamerV3ValueLoss)
+    theirs, _ = _whole(TorchRLLoss, TorchRLModelLoss, TorchRLActorLoss, TorchRLValueLoss)
+    torch.manual_seed(4)
+    mine = ours(_sample())
+    torch.manual_seed(4)
+    ref = theirs(_sample())
+    keys = sorted(k for k in ref.keys() if k.startswith("loss_"))
+    assert keys == sorted(k for k in mine.keys() if k.startswith("loss_"))
+    for key in keys:
+        torch.testing.assert_close(mine[key], ref[key])
+    assert mine["loss_replay_value"] > 0
+    mine["loss_replay_value"].backward()
+    assert posterior.head.weight.grad.abs().sum() > 0  # the replay value reaches the representation
+    with pytest.raises(ValueError, match="detach_output=False"):
+        DreamerV3Loss(DreamerV3ModelLoss(ours.model_loss.world_model), ours.actor_loss, ours.value_loss)

@@ -3,6 +3,7 @@ Dreamer's actor and value losses (lambda-returns on imagined trajectories)."""
 from .dreamer import DreamerActorLoss, DreamerValueLoss, lambda_return, to_dreamer_env
 from .dreamer_v3 import (
     DreamerV3ActorLoss,
+    DreamerV3Loss,
     DreamerV3ModelLoss,
     DreamerV3ValueLoss,
     categorical_kl_balanced,
@@ -22,7 +23,7 @@ from .elbo import (
     overshooting_priors,
 )
 
-__all__ = ["DreamerActorLoss", "DreamerV3ActorLoss", "DreamerV3ModelLoss", "DreamerV3ValueLoss", "DreamerValueLoss",
+__all__ = ["DreamerActorLoss", "DreamerV3ActorLoss", "DreamerV3Loss", "DreamerV3ModelLoss", "DreamerV3ValueLoss", "DreamerValueLoss",
            "NonFiniteInputError", "RSSMLoss", "balanced_kl",
            "categorical_kl_balanced", "categorical_kl_terms", "gaussian_entropy", "gaussian_kl", "lambda_return",
            "overshooting_priors", "symexp", "symlog", "to_dreamer_env", "two_hot_cross_entropy", "two_hot_decode",

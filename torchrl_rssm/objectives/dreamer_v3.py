@@ -62,6 +62,7 @@ from torchrl.objectives.value.functional import (
 
 __all__ = [
     "DreamerV3ActorLoss",
+    "DreamerV3Loss",
     "DreamerV3ModelLoss",
     "DreamerV3ValueLoss",
     "categorical_kl_balanced",
@@ -1369,3 +1370,150 @@ class DreamerV3ValueLoss(LossModule):
             slow = self._slow_value(tensordict)[..., :-1]
             loss = loss + self.slow_critic_regularization * self._step_loss(prediction, slow)
         return TensorDict(loss_replay_value=self._reduce_loss(weight.to(loss.dtype) * loss))
+
+
+# ------------------------------------------------------------------ the three together
+class DreamerV3Loss(LossModule):
+    """DreamerV3's whole objective: world model, imagination (actor, critic) and replay value, in one call.
+
+    Drop-in for ``torchrl.objectives.DreamerV3Loss``: ``loss(sample)`` runs the model loss on the
+    ``[B, T]`` batch, imagines from every posterior state ``("next", state / belief)``
+    (detached), runs the actor and value losses on the imagined rows, and, when
+    ``replay_value_loss_weight > 0``, the critic's replay-value loss on the posterior states
+    (not detached, so that it also trains the representation), bootstrapped from each state's
+    first imagined return. Returns one tensordict: every ``loss_*`` scalar (their sum is the
+    objective), the metrics of the three losses, ``replay_value`` and the detached posterior
+    latents under ``replay_context``.
+
+    Args:
+        model_loss: a :class:`DreamerV3ModelLoss` (``detach_output=False`` when the replay weight is not 0).
+        actor_loss: a :class:`DreamerV3ActorLoss` on the same world model and critic.
+        value_loss: a :class:`DreamerV3ValueLoss` on the same critic.
+
+    Keyword Args:
+        replay_value_loss_weight: the replay-value term's weight (0.3, the current official code's; 0 turns it off).
+        continuation_horizon: the replay returns' discount horizon (333: a discount of 1 - 1/333).
+        lmbda: the replay returns' lambda (0.95).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import ProbabilisticTensorDictModule as Prob, ProbabilisticTensorDictSequential
+        >>> from tensordict.nn import NormalParamExtractor, TensorDictModule as Mod, TensorDictSequential
+        >>> from torchrl.envs.model_based.dreamer import DreamerEnv
+        >>> from torchrl.modules import MLP, TanhNormal, WorldModelWrapper
+        >>> class Prior(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.cell, self.head = torch.nn.Linear(8 + 6 + 1, 6), torch.nn.Linear(6, 8)
+        ...     def forward(self, state, belief, action):  # a stand-in for the recurrent cell
+        ...         belief = torch.tanh(self.cell(torch.cat([state, belief, action], -1)))
+        ...         logits = self.head(belief).unflatten(-1, (2, 4))
+        ...         return logits, torch.softmax(logits, -1).flatten(-2), belief
+        >>> class Posterior(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.head = torch.nn.Linear(6 + 3, 8)
+        ...     def forward(self, belief, obs):
+        ...         logits = self.head(torch.cat([belief, obs], -1)).unflatten(-1, (2, 4))
+        ...         return logits, torch.softmax(logits, -1).flatten(-2)
+        >>> prior, reward_net = Prior(), MLP(in_features=14, out_features=1, num_cells=8, depth=1)
+        >>> nxt = [("next", "state"), ("next", "belief")]
+        >>> world_model = TensorDictSequential(
+        ...     Mod(prior, ["state", "belief", "action"], [("next", "prior_logits"), "_", ("next", "belief")]),
+        ...     Mod(Posterior(), [("next", "belief"), ("next", "observation")],
+        ...         [("next", "posterior_logits"), ("next", "state")]),
+        ...     Mod(MLP(in_features=14, out_features=3, num_cells=8, depth=1), nxt, [("next", "reco_pixels")]),
+        ...     Mod(reward_net, nxt, [("next", "reward")]))
+        >>> env = DreamerEnv(WorldModelWrapper(Mod(prior, ["state", "belief", "action"], ["_", "state", "belief"]),
+        ...                                    Mod(reward_net, ["state", "belief"], ["reward"])), (8,), (6,))
+        >>> actor = ProbabilisticTensorDictSequential(
+        ...     Mod(MLP(in_features=14, out_features=2, num_cells=8, depth=1), ["state", "belief"], ["params"]),
+        ...     Mod(NormalParamExtractor(), ["params"], ["loc", "scale"]),
+        ...     Prob(in_keys=["loc", "scale"], out_keys=["action"], distribution_class=TanhNormal))
+        >>> value = Mod(MLP(in_features=14, out_features=1, num_cells=8, depth=1), ["state", "belief"], ["state_value"])
+        >>> model_loss = DreamerV3ModelLoss(world_model, reward_two_hot=False, detach_output=False)
+        >>> model_loss.set_keys(pixels="observation")
+        >>> actor_loss = DreamerV3ActorLoss(actor, value, env, imagination_horizon=3)
+        >>> loss = DreamerV3Loss(model_loss, actor_loss, DreamerV3ValueLoss(value, actor_loss=actor_loss))
+        >>> sample = TensorDict({"state": torch.zeros(2, 4, 8), "belief": torch.zeros(2, 4, 6),
+        ...     "action": torch.zeros(2, 4, 1), "next": {"observation": torch.randn(2, 4, 3),
+        ...     "reward": torch.randn(2, 4, 1), "done": torch.zeros(2, 4, 1, dtype=torch.bool),
+        ...     "terminated": torch.zeros(2, 4, 1, dtype=torch.bool)}}, [2, 4])
+        >>> losses = loss(sample)
+        >>> sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        >>> losses["replay_context"].batch_size
+        torch.Size([2, 4])
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Keys read and written.
+
+        Attributes:
+            state, belief: the posterior latents, under ``"next"``.
+            is_init: the reset marker at the root.
+            replay_context: where the detached posterior latents are returned.
+        """
+
+        state: NestedKey = "state"
+        belief: NestedKey = "belief"
+        is_init: NestedKey = "is_init"
+        replay_context: NestedKey = "replay_context"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+
+    def __init__(
+        self,
+        model_loss: DreamerV3ModelLoss,
+        actor_loss: DreamerV3ActorLoss,
+        value_loss: DreamerV3ValueLoss,
+        *,
+        replay_value_loss_weight: float = 0.3,
+        continuation_horizon: float = 333.0,
+        lmbda: float = 0.95,
+    ):
+        super().__init__()
+        if replay_value_loss_weight < 0:
+            raise ValueError(f"replay_value_loss_weight must be non-negative, got {replay_value_loss_weight}.")
+        if replay_value_loss_weight and model_loss.detach_output:
+            raise ValueError("DreamerV3Loss: the replay-value loss trains the representation through the posterior "
+                             "states: build the model loss with detach_output=False (or set "
+                             "replay_value_loss_weight=0).")
+        self.model_loss = model_loss
+        self.actor_loss = actor_loss
+        self.value_loss = value_loss
+        self.replay_value_loss_weight = replay_value_loss_weight
+        self.continuation_horizon = continuation_horizon
+        self.lmbda = lmbda
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        pass
+
+    def forward(self, sample: TensorDictBase) -> TensorDictBase:
+        """All scalar losses and metrics for a ``[B, T]`` batch, and the detached posterior latents."""
+        k = self.tensor_keys
+        model_losses, posterior = self.model_loss(sample)
+        state = posterior.get(("next", k.state))
+        belief = posterior.get(("next", k.belief))
+        starts = TensorDict({self.actor_loss.tensor_keys.state: state.detach().reshape(-1, state.shape[-1]),
+                             self.actor_loss.tensor_keys.belief: belief.detach().reshape(-1, belief.shape[-1])},
+                            [sample.numel()])
+        actor_losses, imagined = self.actor_loss(starts)
+        value_losses, _ = self.value_loss(imagined.detach())
+        if self.replay_value_loss_weight:
+            vk = self.value_loss.tensor_keys
+            replay = posterior.get("next").select(*self.value_loss.value_model.in_keys, strict=False)
+            replay.set(vk.bootstrap, imagined.get("lambda_target")[..., 0, 0].reshape(sample.batch_size))
+            replay.set("next", sample.get("next").select(vk.reward, vk.done, vk.terminated))
+            replay_value = self.value_loss.replay_value_loss(replay, horizon=self.continuation_horizon,
+                                                             lmbda=self.lmbda)["loss_replay_value"]
+        else:
+            replay_value = state.new_zeros(())
+        out = model_losses.apply(torch.squeeze)
+        out.update(actor_losses).update(value_losses)
+        out.set("loss_replay_value", self.replay_value_loss_weight * replay_value)
+        out.set("replay_value", replay_value.detach())
+        out.set(k.replay_context, posterior.get("next").select(k.state, k.belief).detach())
+        return out
