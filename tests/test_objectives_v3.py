@@ -604,8 +604,8 @@ def test_whole_objective_matches_torchrl_and_replay_value_trains_the_representat
     mine = ours(_sample())
     torch.manual_seed(4)
     ref = theirs(_sample())
-    keys = sorted(k for k in ref.keys() if k.startswith("loss_"))
-    assert keys == sorted(k for k in mine.keys() if k.startswith("loss_"))
+    keys = sorted(k for k in ref.keys() if k.startswith("loss_"))  # noqa: SIM118 (a TensorDict)
+    assert keys == sorted(k for k in mine.keys() if k.startswith("loss_"))  # noqa: SIM118
     for key in keys:
         torch.testing.assert_close(mine[key], ref[key])
     assert mine["loss_replay_value"] > 0
