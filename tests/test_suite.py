@@ -1,0 +1,65 @@
+"""The task-suite script (benchmarks/suite.py): the bar a seed must clear and the table's verdicts."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def suite():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("suite", ROOT / "benchmarks" / "suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(task, returns, random_mean, random_std, test_episodes=4, suite=None):
+    s = {"task": task, "action_repeat": 2, "random_mean": random_mean, "random_std": random_std,
+         "random_episodes": 8, "ours_final_test_return": returns, "wall_s": [60.0] * len(returns),
+         "commits": [{"commit": "abcdef0123", "dirty": False}], "runs": [], "test_episodes": test_episodes}
+    s["bar"] = suite.bar(random_mean, random_std, test_episodes)
+    s["clearly_above"] = [x > s["bar"] for x in returns]
+    return s
+
+
+def test_bar_is_three_standard_errors_of_the_test_mean(suite):
+    # Pendulum-v1: random -1067 +- 372 per episode, 4 test episodes: -1067 + 3 * 372 / 2
+    assert suite.bar(-1067.0, 372.0, 4) == pytest.approx(-509.0)
+    assert suite.bar(10.0, 6.0, 9) == pytest.approx(16.0)
+    assert suite.bar(5.0, None, 4) == 5.0  # a deterministic random return: no spread
+    assert suite.bar(0.0, 1.0, 1) == pytest.approx(3.0)
+
+
+def test_table_counts_tasks_where_every_seed_clears_the_bar(suite):
+    rows = [_summary("dmc:a", [700.0, 650.0], 100.0, 50.0, suite=suite),   # bar 175: both
+            _summary("dmc:b", [700.0, 120.0], 100.0, 50.0, suite=suite),   # one of two
+            _summary("gym:c", [-600.0, -700.0], -1067.0, 372.0, suite=suite)]  # bar -509: neither
+    text = suite.table(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| dmc:") or line.startswith("| gym:")]
+    assert lines[0].split("|")[6].strip() == "yes"
+    assert lines[1].split("|")[6].strip() == "1 of 2 seeds"
+    assert lines[2].split("|")[6].strip() == "no"
+    assert "**1 of 3** tasks" in text
+    assert "abcdef0" in lines[0] and "175.0" in lines[0]
+
+
+def test_table_mode_rebuilds_from_the_task_jsons(suite, tmp_path):
+    rows = [_summary("dmc:cartpole-swingup", [500.0, 400.0], 100.0, 40.0, suite=suite)]
+    rows[0]["runs"] = [{"seed": 0, "curves": {"test": [[1000, 50.0], [2000, 500.0]]}}]
+    name = tmp_path / "learning_p_dmc-cartpole-swingup.json"
+    name.write_text(json.dumps(rows[0]))
+    suite.main(["--preset", "p", "--tasks", "dmc:cartpole-swingup", "gym:missing-v0", "--results", str(tmp_path),
+                "--table"])
+    md = (tmp_path / "suite_p.md").read_text()
+    assert "| dmc:cartpole-swingup |" in md and "**1 of 1** tasks" in md
+    assert json.loads((tmp_path / "suite_p.json").read_text())["learned"] == 1
+    assert (tmp_path / "suite_p.png").read_bytes()[:4] == b"\x89PNG"
+    assert math.isfinite(rows[0]["bar"])
