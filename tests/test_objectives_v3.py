@@ -21,6 +21,7 @@ from torchrl.objectives import DreamerV3ActorLoss as TorchRLActorLoss
 from torchrl.objectives import DreamerV3ModelLoss as TorchRLModelLoss
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
+from torchrl_rssm.modules import symexp_bins
 from torchrl_rssm.objectives import (
     DreamerV3ActorLoss,
     DreamerV3ModelLoss,
@@ -33,7 +34,6 @@ from torchrl_rssm.objectives import (
     two_hot_decode,
     two_hot_encode,
 )
-from torchrl_rssm.objectives.dreamer_v3 import _default_bins
 
 S, D, A = 8, 6, 2  # state (2 categoricals x 4 classes), belief, action
 
@@ -73,7 +73,7 @@ def test_two_hot_cross_entropy_reads_the_two_bins():
 
 @pytest.mark.parametrize("num_bins", [255, 254, 5])
 def test_two_hot_decode_of_zero_logits_is_exactly_zero(num_bins):
-    bins = _default_bins(num_bins)
+    bins = symexp_bins(num_bins)
     assert torch.equal(bins, -bins.flip(0))
     assert torch.equal(two_hot_decode(torch.zeros(3, num_bins), bins), torch.zeros(3))
 
@@ -85,8 +85,8 @@ def test_two_hot_decode_expectation():
 
 
 def test_default_support_is_symexp_of_linear_grid():
-    torch.testing.assert_close(_default_bins(5), symexp(torch.linspace(-20, 20, 5)))
-    assert _default_bins(255)[127] == 0
+    torch.testing.assert_close(symexp_bins(5), symexp(torch.linspace(-20, 20, 5)))
+    assert symexp_bins(255)[127] == 0
 
 
 def _post_prior():
@@ -484,7 +484,7 @@ def test_value_loss_bad_input_named():
 
 def test_functions_bad_input_named():
     with pytest.raises(ValueError, match="num_bins"):
-        _default_bins(1)
+        symexp_bins(1)
     with pytest.raises(ValueError, match="bins"):
         two_hot_encode(torch.zeros(3), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="logits"):

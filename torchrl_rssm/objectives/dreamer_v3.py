@@ -6,8 +6,10 @@
   percentile return normalisation, entropy bonus, reparameterised or REINFORCE gradient.
 - :class:`DreamerV3ValueLoss`: two-hot (or symlog-MSE) critic on the imagined returns, with a
   slow critic and the replay-value loss.
-- The functions :func:`symlog`, :func:`symexp`, :func:`two_hot_encode`, :func:`two_hot_decode`,
-  :func:`two_hot_cross_entropy`, :func:`categorical_kl_terms`, :func:`categorical_kl_balanced`.
+- The KL functions :func:`categorical_kl_terms` and :func:`categorical_kl_balanced`, and,
+  re-exported from :mod:`torchrl_rssm.modules` (one implementation), :func:`symlog`,
+  :func:`symexp`, :func:`two_hot_encode`, :func:`two_hot_decode`, :func:`two_hot_cross_entropy`
+  (TorchRL exports all of these from ``torchrl.objectives``).
 
 Names, constructor arguments and defaults, keys and outputs are TorchRL 0.14.1's
 (``torchrl.objectives.dreamer_v3``). TorchRL's defaults are not the paper's; each loss has a
@@ -60,6 +62,17 @@ from torchrl.objectives.value.functional import (
     vec_td_lambda_return_estimate,
 )
 
+from ..modules.rssm_v3 import unimix_probs
+from ..modules.two_hot import (
+    DEFAULT_NUM_BINS,
+    symexp,
+    symexp_bins,
+    symlog,
+    two_hot_cross_entropy,
+    two_hot_decode,
+    two_hot_encode,
+)
+
 __all__ = [
     "DreamerV3ActorLoss",
     "DreamerV3Loss",
@@ -74,155 +87,8 @@ __all__ = [
     "two_hot_encode",
 ]
 
-DEFAULT_NUM_BINS = 255
-_BIN_RANGE = 20.0
 # The paper's discount, 1 - 1 / 333 (a horizon of 333 steps), written into the continuation target.
 PAPER_DISCOUNT = 1.0 - 1.0 / 333.0
-
-
-# ------------------------------------------------------------------ symlog, two-hot
-def symlog(value: torch.Tensor) -> torch.Tensor:
-    """``sign(x) * log(1 + |x|)``: compresses large magnitudes, about the identity near 0.
-
-    Examples:
-        >>> import math, torch
-        >>> symlog(torch.tensor([-(math.e - 1), 0.0, math.e - 1]))
-        tensor([-1.,  0.,  1.])
-    """
-    return torch.sign(value) * torch.log1p(value.abs())
-
-
-def symexp(value: torch.Tensor) -> torch.Tensor:
-    """``sign(x) * (exp(|x|) - 1)``, the inverse of :func:`symlog`.
-
-    Examples:
-        >>> import torch
-        >>> [round(x, 3) for x in symexp(symlog(torch.tensor([-100.0, 0.5, 1000.0]))).tolist()]
-        [-100.0, 0.5, 1000.0]
-    """
-    return torch.sign(value) * torch.expm1(value.abs())
-
-
-def _default_bins(num_bins: int = DEFAULT_NUM_BINS, *, device=None, dtype=None) -> torch.Tensor:
-    """The symexp-spaced support over symexp(-20..20): exactly antisymmetric (``b == -b.flip(0)``)."""
-    if int(num_bins) != num_bins or num_bins < 2:
-        raise ValueError(f"num_bins must be an integer >= 2, got {num_bins}.")
-    num_bins = int(num_bins)
-    dtype = dtype or torch.get_default_dtype()
-    half = num_bins // 2
-    if num_bins % 2:
-        # the negative half and zero, mirrored: the support is antisymmetric to the last bit
-        neg = symexp(torch.linspace(-_BIN_RANGE, 0.0, half + 1, device=device, dtype=dtype))
-        return torch.cat((neg, -neg[:-1].flip(0)))
-    step = 2 * _BIN_RANGE / (num_bins - 1)
-    neg = symexp(-_BIN_RANGE + step * torch.arange(half, device=device, dtype=dtype))
-    return torch.cat((neg, -neg.flip(0)))
-
-
-def _check_bins(bins: torch.Tensor) -> None:
-    if not isinstance(bins, torch.Tensor) or bins.ndim != 1 or bins.numel() < 2:
-        raise ValueError(
-            "bins must be a one-dimensional ascending tensor with at least 2 values, got "
-            f"{tuple(bins.shape) if isinstance(bins, torch.Tensor) else type(bins).__name__}."
-        )
-
-
-def _two_hot_parts(x: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index of the bin below ``x``, weight of the bin above), ``x`` clamped to the support."""
-    x = x.clamp(bins[0], bins[-1])
-    lower = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, bins.numel() - 2)
-    low_value, high_value = bins[lower], bins[lower + 1]
-    upper_weight = (x - low_value) / (high_value - low_value)
-    return lower, upper_weight
-
-
-def two_hot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Raw scalars as two-hot vectors over a sorted support ``bins`` (``[*x.shape, K]``).
-
-    A value between two bins splits its mass between them, linearly in raw space; values
-    outside the support go to the end bin.
-
-    Examples:
-        >>> import torch
-        >>> two_hot_encode(torch.tensor([0.25, 5.0]), torch.tensor([-1.0, 0.0, 1.0]))
-        tensor([[0.0000, 0.7500, 0.2500],
-                [0.0000, 0.0000, 1.0000]])
-    """
-    _check_bins(bins)
-    bins = bins.to(device=x.device, dtype=x.dtype)
-    lower, upper_weight = _two_hot_parts(x, bins)
-    target = torch.zeros((*x.shape, bins.numel()), device=x.device, dtype=x.dtype)
-    target.scatter_(-1, lower.unsqueeze(-1), (1 - upper_weight).unsqueeze(-1))
-    target.scatter_add_(-1, (lower + 1).unsqueeze(-1), upper_weight.unsqueeze(-1))
-    return target
-
-
-def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """The expected value ``sum softmax(logits) * bins`` (trailing bin dimension removed).
-
-    Mirrored bins are summed through their probability difference, so that on an
-    antisymmetric support (the default) equal logits decode to exactly 0: a zero-initialised
-    head predicts 0, not a rounding residue of +-1e8-sized bins.
-
-    Examples:
-        >>> import torch
-        >>> bins = torch.tensor([-1.0, 0.0, 1.0])
-        >>> two_hot_decode(torch.zeros(2, 3), bins)
-        tensor([0., 0.])
-        >>> two_hot_decode(two_hot_encode(torch.tensor([0.25]), bins).log(), bins)
-        tensor([0.2500])
-    """
-    _check_bins(bins)
-    if logits.shape[-1] != bins.numel():
-        raise ValueError(
-            f"logits: the trailing dimension must be the number of bins ({bins.numel()}), got shape "
-            f"{tuple(logits.shape)}."
-        )
-    bins = bins.to(device=logits.device, dtype=logits.dtype)
-    probs = torch.softmax(logits, dim=-1)
-    size = bins.numel()
-    mid = size // 2
-    lower = probs[..., :mid].flip(-1)
-    lower_bins = bins[:mid].flip(-1)
-    upper = probs[..., size - mid:]
-    upper_bins = bins[size - mid:]
-    # (p_up - p_low) * b_up + p_low * (b_up + b_low): exactly 0 for p_up == p_low, b_low == -b_up
-    out = ((upper - lower) * upper_bins + lower * (upper_bins + lower_bins)).sum(-1)
-    if size % 2:
-        out = out + probs[..., mid] * bins[mid]
-    return out
-
-
-def two_hot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``logits`` against the two-hot encoding of raw ``target`` (unreduced).
-
-    ``target`` has the shape of ``logits`` without its bin dimension, or with a trailing 1.
-    Only the two bins around each target are read (no ``[*, K]`` target is built).
-
-    Examples:
-        >>> import torch
-        >>> two_hot_cross_entropy(torch.zeros(2, 3), torch.tensor([-0.5, 0.5]), torch.tensor([-1.0, 0.0, 1.0]))
-        tensor([1.0986, 1.0986])
-    """
-    _check_bins(bins)
-    if logits.shape[-1] != bins.numel():
-        raise ValueError(
-            f"logits: the trailing dimension must be the number of bins ({bins.numel()}), got shape "
-            f"{tuple(logits.shape)}."
-        )
-    if target.shape == (*logits.shape[:-1], 1):
-        target = target.squeeze(-1)
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"target: expected shape {tuple(logits.shape[:-1])} or {(*logits.shape[:-1], 1)} (the logits' "
-            f"without the bin dimension), got {tuple(target.shape)}."
-        )
-    bins = bins.to(device=target.device, dtype=target.dtype)
-    lower, upper_weight = _two_hot_parts(target.detach(), bins)
-    log_probs = torch.log_softmax(logits, dim=-1)
-    low_lp = log_probs.gather(-1, lower.unsqueeze(-1)).squeeze(-1)
-    high_lp = log_probs.gather(-1, (lower + 1).unsqueeze(-1)).squeeze(-1)
-    return -((1 - upper_weight) * low_lp + upper_weight * high_lp)
 
 
 # ------------------------------------------------------------------ categorical KL
@@ -241,7 +107,7 @@ def _unimix_log_probs(logits: torch.Tensor, unimix: float) -> tuple[torch.Tensor
     if not unimix:
         log_probs = torch.log_softmax(logits, dim=-1)  # finite even where softmax underflows to 0
         return log_probs.exp(), log_probs
-    probs = (1 - unimix) * torch.softmax(logits, dim=-1) + unimix / logits.shape[-1]
+    probs = unimix_probs(logits, unimix)
     return probs, probs.log()
 
 
@@ -491,7 +357,7 @@ class DreamerV3ModelLoss(LossModule):
         self.num_reward_bins = num_reward_bins
         self.global_average = global_average
         self.detach_output = detach_output
-        self.register_buffer("reward_bins", _default_bins(num_reward_bins))
+        self.register_buffer("reward_bins", symexp_bins(num_reward_bins))
 
     @classmethod
     def from_paper(cls, world_model, **overrides) -> DreamerV3ModelLoss:
@@ -1244,7 +1110,7 @@ class DreamerV3ValueLoss(LossModule):
         self.gamma = gamma
         self.discount_loss = discount_loss
         self.__dict__["_actor_loss"] = actor_loss  # not a submodule: no double parameter ownership
-        self.register_buffer("value_bins", _default_bins(num_value_bins))
+        self.register_buffer("value_bins", symexp_bins(num_value_bins))
 
     @classmethod
     def from_paper(cls, value_model, actor_loss: DreamerV3ActorLoss | None = None, **overrides) -> DreamerV3ValueLoss:
