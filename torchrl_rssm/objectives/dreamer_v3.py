@@ -160,8 +160,11 @@ def categorical_kl_balanced(
 
     Kept as TorchRL 0.14.1 computes it (its tests pin it): ``free_bits`` clamps **each
     categorical's** KL, then the mean over categoricals and batch is taken. This is not the
-    paper's: with C categoricals the paper's floor of 1 nat on the sum becomes a floor of
-    ``C * free_bits`` nats. Use :func:`categorical_kl_terms` (``kl_mode="separate"``) for the paper.
+    paper's, which clamps the KL summed over the categoricals: here every categorical under
+    ``free_bits`` loses its gradient even when the total is far above the floor (in sum terms a
+    floor of ``C * free_bits`` nats, 32 nats for 32 categoricals), and the result is a mean over
+    categoricals, not their sum. Use :func:`categorical_kl_terms` (``kl_mode="separate"``) for
+    the paper.
 
     Examples:
         >>> import math, torch
