@@ -111,7 +111,7 @@ class _Continue(torch.nn.Module):
         return torch.sigmoid(self.logit(state, belief))
 
 
-def build(cfg: dict, ours: bool, weights: dict | None = None):
+def build(cfg: dict, ours: bool, weights: dict | None = None, device: str = "cpu"):
     """The world model, actor and value (``nets``), the imagination env, the continuation model, the module
     names borrowed from TorchRL, and the raw networks (for the floor) of one side."""
     cls, borrowed = classes(ours)
@@ -141,11 +141,11 @@ def build(cfg: dict, ours: bool, weights: dict | None = None):
     reward = TensorDictSequential(Mod(reward_net, ["state", "belief"], ["reward_logits"]),
                                   Mod(two_hot, ["reward_logits"], ["reward"]))
     env = DreamerEnv(WorldModelWrapper(Mod(prior_net, ["state", "belief", "action"], ["_", "state", "belief"]),
-                                       reward), prior_shape=(S,), belief_shape=(D,))
-    env.observation_spec = Composite(state=Unbounded(S), belief=Unbounded(D))
+                                       reward), prior_shape=(S,), belief_shape=(D,), device=device)
+    env.observation_spec = Composite(state=Unbounded(S), belief=Unbounded(D), device=device)
     env.state_spec = env.observation_spec.clone()
-    env.action_spec = Bounded(-1, 1, (A,))
-    env.reward_spec = Unbounded((1,))
+    env.action_spec = Bounded(-1, 1, (A,), device=device)
+    env.reward_spec = Unbounded((1,), device=device)
     actor = ProbabilisticTensorDictSequential(
         Mod(_Actor(mlp, S, D, A, HID), ["state", "belief"], ["loc", "scale"]),
         ProbabilisticTensorDictModule(in_keys=["loc", "scale"], out_keys=["action"],
@@ -219,7 +219,7 @@ def floor_behaviour_update(raw: dict, bins: torch.Tensor):
     slow_net = copy.deepcopy(value_net).requires_grad_(False)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-5)
     value_opt = torch.optim.Adam(value_net.parameters(), lr=3e-5)
-    low, high = torch.zeros(()), torch.zeros(())
+    low = high = torch.zeros((), device=bins.device)
 
     def update(starts: TensorDict) -> None:
         nonlocal low, high
@@ -241,7 +241,7 @@ def floor_behaviour_update(raw: dict, bins: torch.Tensor):
                 out.append(ret)
             ret = torch.stack(out[::-1], 1)
             w = torch.cat([c[:, :1], c[:, 1:-1]], 1).cumprod(1)
-            q = torch.quantile(ret.flatten(), torch.tensor([0.05, 0.95]))
+            q = torch.quantile(ret.flatten(), torch.tensor([0.05, 0.95], device=ret.device))
             low, high = low + 0.01 * (q[0] - low), high + 0.01 * (q[1] - high)
             adv = (ret - v[:, :-1]) / (high - low).clamp_min(1.0)
         root_s, root_b = st[:, :-1], bl[:, :-1]
@@ -277,9 +277,9 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
     torch.manual_seed(0)
     B, T = cfg["B"], (QUICK_T if args.quick else cfg["T"])
     S, D, A = cfg["C"] * cfg["K"], cfg["D"], cfg["A"]
-    theirs, trl_env, trl_cont, _, _ = build(cfg, ours=False)
+    theirs, trl_env, trl_cont, _, _ = build(cfg, ours=False, device=dev)
     weights = {k: copy.deepcopy(v.state_dict()) for k, v in theirs.items()}
-    ours_nets, our_env, our_cont, borrowed, raw = build(cfg, ours=True, weights=weights)
+    ours_nets, our_env, our_cont, borrowed, raw = build(cfg, ours=True, weights=weights, device=dev)
     for nets in (theirs, ours_nets):
         for net in nets.values():
             net.to(dev)
