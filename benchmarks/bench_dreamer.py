@@ -7,7 +7,7 @@ value networks (this package's modules, the same weights, updated by both in tur
 
 - TorchRL: ``torchrl.objectives.DreamerActorLoss`` + ``DreamerValueLoss`` on a ``DreamerEnv``
   built as TorchRL's Dreamer example builds it around our prior and reward head
-  (:func:`torchrl_rssm.objectives.to_dreamer_env`), ``make_value_estimator(gamma=0.99,
+  (:func:`torchrl_rssm.interop.to_dreamer_env`), ``make_value_estimator(gamma=0.99,
   lmbda=0.95)``.
 - ours: ``torchrl_rssm.objectives.DreamerActorLoss`` + ``DreamerValueLoss`` on the world model.
 
@@ -52,8 +52,9 @@ from torchrl.data import Bounded, Composite, Unbounded  # noqa: E402
 from torchrl.objectives import DreamerActorLoss as TorchRLActorLoss  # noqa: E402
 from torchrl.objectives import DreamerValueLoss as TorchRLValueLoss  # noqa: E402
 
+from torchrl_rssm.interop import to_dreamer_env  # noqa: E402
 from torchrl_rssm.modules import RewardModel, make_dreamer_actor, make_value_model, make_world_model  # noqa: E402
-from torchrl_rssm.objectives import DreamerActorLoss, DreamerValueLoss, to_dreamer_env  # noqa: E402
+from torchrl_rssm.objectives import DreamerActorLoss, DreamerValueLoss  # noqa: E402
 
 SETTINGS = {
     "paper": dict(N=2500, H=15, S=30, D=200, hidden=200, heads=400, A=6),

@@ -112,26 +112,6 @@ def test_resume_keeps_the_runs_settings_and_streams_stay_apart(tmp_path, capsys)
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == saved
 
 
-def test_docstring_examples():
-    """The examples in the recipe, replay and CLI docstrings run as written."""
-    import doctest
-
-    import torchrl_rssm.cli
-    import torchrl_rssm.data.replay
-    import torchrl_rssm.recipes.agent
-    import torchrl_rssm.recipes.config
-    import torchrl_rssm.recipes.evaluate
-    import torchrl_rssm.recipes.planet
-    import torchrl_rssm.recipes.tensorboard
-    import torchrl_rssm.recipes.trainer
-
-    for module in (torchrl_rssm.recipes.config, torchrl_rssm.recipes.agent, torchrl_rssm.recipes.planet,
-                   torchrl_rssm.recipes.trainer, torchrl_rssm.recipes.evaluate, torchrl_rssm.data.replay,
-                   torchrl_rssm.recipes.tensorboard, torchrl_rssm.cli):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0, module.__name__
-
-
 def test_env_kwargs_grayscale_and_image_size_reach_the_environment(tmp_path):
     cfg = apply_overrides(preset("tiny"), ['env_kwargs={"time_limit": 2}', "grayscale=true", "image_size=48",
                                            "from_pixels=true", "max_episode_steps=null", f"logdir={tmp_path}"])

@@ -16,10 +16,10 @@ from torchrl.objectives import DreamerActorLoss as TorchRLActorLoss
 from torchrl.objectives import DreamerValueLoss as TorchRLValueLoss
 from torchrl.objectives.value.functional import vec_td_lambda_return_estimate
 
+from torchrl_rssm.interop import to_dreamer_env
 from torchrl_rssm.modules import (DreamerActor, ValueModel, make_dreamer_actor, make_value_model, make_world_model,
                                   tanh_normal_sampler)
-from torchrl_rssm.objectives import (DreamerActorLoss, DreamerValueLoss, NonFiniteInputError, lambda_return,
-                                     to_dreamer_env)
+from torchrl_rssm.objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError, lambda_return
 
 S, D, A, HID = 6, 12, 2, 16
 SPEC = Bounded(-1.0, 1.0, (A,))
@@ -384,6 +384,29 @@ def test_bad_horizon_world_model_without_reward_head_and_bad_model():
         DreamerActorLoss(actor, value, _parts()[0], gamma=0.9)  # TorchRL's: gamma goes to make_value_estimator
     with pytest.raises(ValueError, match="value_loss"):
         DreamerValueLoss(value, value_loss="l3")
+
+
+@pytest.mark.parametrize("value_type, estimator, lmbda", [
+    ("TD0", "TD0Estimator", 0.0), ("TD1", "TD1Estimator", 1.0), ("TDLambda", "TDLambdaEstimator", 0.8)])
+def test_value_estimator_carries_settings_and_keys(value_type, estimator, lmbda):
+    """As TorchRL's: make_value_estimator builds a value_estimator whose value key set_keys reaches."""
+    from torchrl.objectives.utils import ValueEstimators
+
+    wm, actor, value = _parts()
+    loss = DreamerActorLoss(actor, value, wm, imagination_horizon=3)
+    loss.set_keys(value="v_before")
+    loss.make_value_estimator(ValueEstimators[value_type], gamma=0.9, lmbda=0.8)
+    est = loss.value_estimator
+    assert type(est).__name__ == estimator and est.tensor_keys.value == "v_before"
+    assert (loss.gamma, loss.lmbda) == (0.9, lmbda) and float(est.gamma) == pytest.approx(0.9)
+    if value_type == "TDLambda":
+        assert float(est.lmbda) == pytest.approx(0.8)
+    loss.set_keys(value="v_after")
+    assert loss.value_estimator.tensor_keys.value == "v_after" and loss.tensor_keys.value == "v_after"
+    # the targets follow the settings: lambda-returns with this loss's gamma and lambda
+    _, fake = loss(_batch(2, 2))
+    expected = lambda_return(fake["next", "reward"], fake["next", "v_after"], gamma=0.9, lmbda=lmbda)
+    torch.testing.assert_close(fake["lambda_target"], expected)
 
 
 def test_missing_start_latents_and_recompute_from_observations():

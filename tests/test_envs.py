@@ -389,7 +389,7 @@ def test_carracing_discrete_grayscale_96_trains_and_plans():
     from torchrl_rssm.envs import dequantize
     from torchrl_rssm.modules import make_world_model
     from torchrl_rssm.objectives import RSSMLoss
-    from torchrl_rssm.planners import PlaNetPolicy
+    from torchrl_rssm.policies import PlaNetPolicy
 
     torch.manual_seed(0)
     env = make_env("gym:CarRacing-v3", env_kwargs={"continuous": False}, grayscale=True, image_size=96,
@@ -424,3 +424,96 @@ def test_carracing_discrete_grayscale_96_trains_and_plans():
     # plan again with the trained model
     more = env.rollout(3, policy)
     assert more["action"].shape == (3, 5) and (more["action"].sum(-1) == 1).all()
+
+
+# ----------------------------------------- constructor keywords and user env modules
+def test_extra_keywords_reach_the_constructor_like_torchrls_envs():
+    """``make_env(name, **kwargs)`` passes kwargs on, as TorchRL's GymEnv / DMControlEnv do."""
+    _register_toy_image()
+    env = make_env("gym:ToyImage-v0", image_size=(60, 70), bit_depth=None, offset=7, n=3)
+    assert env.action_spec.shape == (3,)  # n reached the constructor
+    raw = _ToyImage((60, 70, 3), offset=7)
+    assert torch.equal(env.reset()["pixels"], torch.from_numpy(raw.reset()[0]).permute(2, 0, 1))
+    # the same as env_kwargs, and both together
+    both = make_env("gym:ToyImage-v0", image_size=(60, 70), bit_depth=None, env_kwargs={"offset": 7}, n=3)
+    assert torch.equal(both.reset()["pixels"], env.reset()["pixels"]) and both.action_spec.shape == (3,)
+    # dm_control: to the task's factory (time_limit 2 s = 200 steps, 25 agent steps at repeat 8)
+    assert make_env("dmc:cartpole-swingup", from_pixels=False, time_limit=2).max_episode_steps == 25
+    with pytest.raises(ValueError, match=r"\['offset'\] given both"):
+        make_env("gym:ToyImage-v0", env_kwargs={"offset": 1}, offset=2)
+    with pytest.raises(ValueError, match="not accepted by the Gymnasium env"):
+        make_env("gym:ToyImage-v0", no_such_kwarg=2)
+    with pytest.raises(ValueError, match="action_repeat"):
+        make_env("gym:ToyImage-v0", frame_skip=2)
+
+
+def test_carracing_discrete_from_keywords():
+    env = make_env("gym:CarRacing-v3", from_pixels=True, continuous=False)
+    assert isinstance(env.action_spec, OneHot) and env.action_spec.shape == (5,)
+    assert env.observation_spec["pixels"].shape == (3, 64, 64)
+
+
+_USER_ENV_MODULE = '''
+import gymnasium
+import numpy as np
+
+
+class Drift(gymnasium.Env):
+    """Position drifts by the action; reward = position."""
+
+    def __init__(self, speed=1.0):
+        self.speed = speed
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = np.zeros(1, np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = self.x + self.speed * np.asarray(action, np.float32)
+        return self.x.copy(), float(self.x[0]), False, False, {}
+
+
+gymnasium.register(id="{env_id}", entry_point=__name__ + ":Drift", max_episode_steps=7)
+'''
+
+
+def _write_env_module(directory, module: str, env_id: str) -> None:
+    (directory / f"{module}.py").write_text(_USER_ENV_MODULE.replace("{env_id}", env_id))
+
+
+def test_gym_module_colon_id_imports_the_users_module(tmp_path, monkeypatch):
+    """``gym:<module>:<id>`` imports the module (which registers the id), like gymnasium.make("module:Id")."""
+    import sys
+
+    module, env_id = f"user_envs_{tmp_path.name.replace('-', '_')}", "DriftTest-v0"
+    _write_env_module(tmp_path, module, env_id)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert env_id not in gymnasium.registry
+    env = make_env(f"gym:{module}:{env_id}", from_pixels=False, speed=0.5)
+    assert module in sys.modules and env_id in gymnasium.registry
+    assert env.max_episode_steps == 7  # the registration's limit
+    td = env.rollout(3, lambda td: td.set("action", torch.ones(1)))
+    torch.testing.assert_close(td["next", "observation"][:, 0], torch.tensor([0.5, 1.0, 1.5]))
+    gymnasium.registry.pop(env_id)
+
+
+def test_gym_module_colon_id_from_the_working_directory_and_errors(tmp_path, monkeypatch):
+    """A console script has no working directory on sys.path: the module is found there anyway."""
+    import sys
+
+    module, env_id = f"cwd_envs_{tmp_path.name.replace('-', '_')}", "DriftCwd-v0"
+    _write_env_module(tmp_path, module, env_id)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    env = make_env(f"gym:{module}:{env_id}", from_pixels=False)
+    assert env.rollout(2)["next", "observation"].shape == (2, 1)
+    gymnasium.registry.pop(env_id)
+    with pytest.raises(ValueError, match="could not import module 'no_such_envs'"):
+        make_env("gym:no_such_envs:Drift-v0", from_pixels=False)
+    with pytest.raises(ValueError, match="registers no Gymnasium id 'Missing-v0'"):
+        make_env(f"gym:{module}:Missing-v0", from_pixels=False)
+    with pytest.raises(ValueError, match="not a Python module name"):
+        make_env("gym:my-envs:Drift-v0", from_pixels=False)

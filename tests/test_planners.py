@@ -16,8 +16,8 @@ from planning_problems import (
     WalkPrior,
     analytic_optimum, lq_planner, small_networks, start_beliefs,
 )
-from torchrl_rssm.modules import make_world_model
-from torchrl_rssm.planners import CEMPlanner, FastRSSMReturns, MPPIPlanner
+from torchrl_rssm.modules import FastRSSMReturns, make_world_model
+from torchrl_rssm.planners import CEMPlanner, MPPIPlanner
 
 def test_analytic_optimum_is_inside_the_box():
     opt = torch.stack([analytic_optimum(h) for h in start_beliefs(8)])
@@ -261,16 +261,3 @@ def test_warm_start_with_a_moving_optimum_reuses_the_shifted_plan(cls):
     out = warm(td)
     assert (out["action"] - optimum(2)).abs().max() < 0.03
     torch.testing.assert_close(out["plan"][:, :3, 0], cold[:, 1:, 0], atol=0.03, rtol=0)
-
-
-def test_old_import_paths_still_work():
-    import torchrl_rssm.planners as planners
-    from torchrl_rssm.modules import imagination
-    from torchrl_rssm.planners import _common, action_space, base, policy, torchrl_envs
-    from torchrl_rssm.policies import planet
-
-    assert _common.FastRSSMReturns is planners.FastRSSMReturns is imagination.FastRSSMReturns
-    assert _common.ActionSpace is action_space.ActionSpace and _common.PlannerBase is base.PlannerBase
-    assert _common.TensorReturns is torchrl_envs.TensorReturns and _common.shift_plan is action_space.shift_plan
-    assert _common.TensorDictReturns is torchrl_envs.TensorDictReturns
-    assert policy.PlaNetPolicy is planners.PlaNetPolicy is planet.PlaNetPolicy

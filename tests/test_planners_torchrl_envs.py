@@ -15,7 +15,8 @@ from planning_problems import (
     A, D, FMAT, GMAT, HID, HORIZON, LAM, S, TOL, LinearPrior, QuadReward, analytic_optimum, dreamer_env,
     small_networks, start_beliefs,
 )
-from torchrl_rssm.planners import CEMPlanner, FastRSSMReturns, MPPIPlanner, TensorReturns
+from torchrl_rssm.modules import FastRSSMReturns
+from torchrl_rssm.planners import CEMPlanner, MPPIPlanner, TensorReturns
 from torchrl_rssm.planners.torchrl_envs import TensorDictReturns
 
 @pytest.mark.parametrize("probabilistic_reward", [False, True])

@@ -11,7 +11,8 @@ from torchrl.envs import GymEnv, InitTracker, SerialEnv, StepCounter, Transforme
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_rssm.modules import make_world_model
-from torchrl_rssm.planners import CEMPlanner, MPPIPlanner, PlaNetPolicy
+from torchrl_rssm.planners import CEMPlanner, MPPIPlanner
+from torchrl_rssm.policies import PlaNetPolicy
 
 S, D, HID, OBS = 4, 8, 8, 3
 SMALL = dict(planning_horizon=3, optim_steps=2, num_candidates=20, top_k=4)

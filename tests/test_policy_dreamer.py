@@ -157,13 +157,3 @@ def test_pixels_are_dequantised_by_default_as_in_training(kind):
     # another bit depth, explicitly; vectors pass unchanged
     three = functools.partial(dequantize_pixels, bits=3)
     assert (three(pixels) * 8 % 1).max() > 0 and dequantize_pixels(zeros) is zeros
-
-
-def test_docstring_examples():
-    import doctest
-
-    from torchrl_rssm.policies import belief_filter, dreamer, exploration, planet
-
-    for module in (belief_filter, exploration, planet, dreamer):
-        result = doctest.testmod(module, raise_on_error=False)
-        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -141,11 +141,3 @@ def test_config_hash_ignores_per_rank_fields_and_rank_config_seeds_apart():
     assert config_hash(a) != config_hash(b)
     r0, r1 = rank_config(a, 0), rank_config(a, 1, local_rank=1)
     assert r0.seed != r1.seed and r0.logdir != r1.logdir and r1.logdir.endswith("rank1")
-
-
-def test_distributed_docstring_examples():
-    import doctest
-
-    import torchrl_rssm.recipes.distributed as distributed
-
-    assert doctest.testmod(distributed, optionflags=doctest.ELLIPSIS).failed == 0

@@ -29,8 +29,11 @@ needs a display.
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,7 +80,8 @@ DEFAULT_ACTION_REPEAT: dict[str, int] = {
     "walker": 2,
 }
 
-_FORMATS = "'dmc:<domain>-<task>' (e.g. 'dmc:cartpole-swingup') or 'gym:<id>' (e.g. 'gym:Pendulum-v1')"
+_FORMATS = ("'dmc:<domain>-<task>' (e.g. 'dmc:cartpole-swingup'), 'gym:<id>' (e.g. 'gym:Pendulum-v1') or "
+            "'gym:<module>:<id>' (imports <module> first, which registers <id>)")
 
 
 def _dmc_tasks() -> list[tuple[str, str]]:
@@ -137,11 +141,42 @@ def _parse_name(name: str) -> tuple[str, str, str]:
     if backend == "gym":
         import gymnasium
 
+        module, sep, gym_id = rest.partition(":")
+        if sep:  # Gymnasium's "module:Id": importing the module registers the id
+            _import_env_module(name, module)
+            if gym_id not in gymnasium.registry:
+                ids = [f"gym:{module}:{k}" for k in gymnasium.registry]
+                raise _unknown(name, f"module {module!r} was imported but registers no Gymnasium id {gym_id!r}", ids)
+            return "gym", gym_id, ""
         if rest not in gymnasium.registry:
             ids = [f"gym:{k}" for k in gymnasium.registry]
             raise _unknown(name, "not a registered Gymnasium id", ids)
         return "gym", rest, ""
     raise _unknown(name, f"unknown backend {backend!r}; expected 'dmc' or 'gym'", [])
+
+
+def _import_env_module(name: str, module: str) -> None:
+    """Imports the module of a ``"gym:<module>:<id>"`` name, as ``gymnasium.make("module:Id")`` does.
+
+    The working directory is searched last when the module is not found elsewhere: a console
+    script such as ``torchrl-rssm`` does not put it on ``sys.path`` (``python -m`` and an
+    interactive session do), and a user's ``myenvs.py`` next to them should import either way.
+    """
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise ValueError(f"make_env: {name!r} names the module {module!r}, which is not a Python module name; "
+                         f"use {_FORMATS}.")
+    top = module.partition(".")[0]
+    cwd = os.getcwd()
+    if importlib.util.find_spec(top) is None and cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(
+            f"make_env: could not import module {module!r} for environment {name!r} ({type(err).__name__}: {err}); "
+            "it must be importable (on PYTHONPATH or in the working directory) and register the id with "
+            "gymnasium.register."
+        ) from err
 
 
 def _check_positive_int(value: Any, arg: str, allow_none: bool = True) -> int | None:
@@ -219,8 +254,9 @@ def _make_dmc(domain, task, *, from_pixels, action_repeat, image_size, camera_id
         env = suite.load(domain, task, task_kwargs=task_kwargs)
     except TypeError as err:
         raise ValueError(
-            f"make_env: env_kwargs={env_kwargs!r} are not accepted by the dm_control task {domain}-{task} "
-            f"({err}); they are passed as suite.load(..., task_kwargs=env_kwargs), e.g. {{'time_limit': 10}} "
+            f"make_env: the environment's keyword arguments (env_kwargs and extra keywords) {env_kwargs!r} are not "
+            f"accepted by the dm_control task {domain}-{task} ({err}); they are passed as suite.load(..., "
+            "task_kwargs=...), e.g. {'time_limit': 10} "
             "or {'environment_kwargs': {...}}."
         ) from err
     step_limit = float(getattr(env, "_step_limit", float("inf")))
@@ -278,14 +314,16 @@ def _make_gym(gym_id, *, from_pixels, action_repeat, image_size, pixels_only, de
 
     for key, arg in _GYM_RESERVED.items():
         if key in env_kwargs:
-            raise ValueError(f"make_env: env_kwargs must not contain {key!r}; use make_env's {arg} argument.")
+            raise ValueError(f"make_env: the environment's keyword arguments (env_kwargs and extra keywords) must "
+                             f"not contain {key!r}; use make_env's {arg} argument.")
     kwargs = {"render_mode": "rgb_array"} if from_pixels else {}
     kwargs.update(env_kwargs)
     try:
         base = GymEnv(gym_id, frame_skip=action_repeat, device=device, **kwargs)
     except TypeError as err:
         raise ValueError(
-            f"make_env: env_kwargs={env_kwargs!r} are not accepted by the Gymnasium env {gym_id!r} ({err}); "
+            f"make_env: the environment's keyword arguments (env_kwargs and extra keywords) {env_kwargs!r} are not "
+            f"accepted by the Gymnasium env {gym_id!r} ({err}); "
             "they are passed to gymnasium.make (the env's constructor), e.g. {'continuous': False}."
         ) from err
     transforms: list[Transform] = []
@@ -345,13 +383,17 @@ def make_env(
     camera_id: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
     grayscale: bool = False,
+    **kwargs: Any,
 ) -> TransformedEnv:
     """Builds a dm_control or Gymnasium task with PlaNet's preprocessing as TorchRL transforms.
 
     Args:
         name: ``"dmc:<domain>-<task>"`` for any dm_control suite task (the bare
-            ``"<domain>-<task>"`` also works), or ``"gym:<id>"`` for a registered
-            Gymnasium id. See :func:`available_envs` and :data:`PAPER_TASKS`.
+            ``"<domain>-<task>"`` also works), ``"gym:<id>"`` for a registered
+            Gymnasium id, or ``"gym:<module>:<id>"``, which imports ``<module>`` first
+            (where a user's env registers itself with ``gymnasium.register``), as
+            ``gymnasium.make("module:Id")`` does; the working directory is searched
+            for the module last. See :func:`available_envs` and :data:`PAPER_TASKS`.
         from_pixels: observe ``uint8`` ``[3, image_size, image_size]`` images under
             ``"pixels"``; ``False`` gives a float32 vector under ``"observation"``
             (dm_control's observation dict concatenated). For a Gymnasium env whose
@@ -378,7 +420,8 @@ def make_env(
             :func:`torch.nn.functional.interpolate`. PlaNet: 64; the conv stacks of
             :func:`~torchrl_rssm.modules.make_world_model` take sides >= 46.
         camera_id: dm_control camera (default 0; 2 for quadruped).
-        env_kwargs: keyword arguments for the environment's constructor.
+        env_kwargs: keyword arguments for the environment's constructor, as a dict
+            (the command line's ``--set env_kwargs=...``); joined with ``**kwargs``.
             Gymnasium: passed to ``gymnasium.make(id, **env_kwargs)`` (through
             TorchRL's ``GymEnv``), e.g. ``{"continuous": False}`` for
             ``CarRacing-v3``; ``frame_skip``, ``device``, ``from_pixels`` and
@@ -389,6 +432,11 @@ def make_env(
             True}}``; ``"random"`` conflicts with ``seed``.
         grayscale: one-channel ``uint8`` ``[1, H, W]`` pixels (BT.601 luma,
             :class:`~torchrl_rssm.envs.GrayScalePixels`). Needs ``from_pixels``.
+        **kwargs: more keyword arguments for the environment's constructor, as
+            TorchRL's ``GymEnv`` and ``DMControlEnv`` take them:
+            ``make_env("gym:CarRacing-v3", continuous=False)`` is
+            ``make_env("gym:CarRacing-v3", env_kwargs={"continuous": False})``. A key
+            given both ways is an error.
 
     Returns:
         A ``TransformedEnv`` with the extra attributes ``action_repeat`` and
@@ -405,9 +453,10 @@ def make_env(
         (torch.Size([3, 3, 64, 64]), torch.uint8, 8, 125)
         >>> make_env("gym:Pendulum-v1", from_pixels=False).observation_spec["observation"].shape
         torch.Size([3])
-        >>> car = make_env("gym:CarRacing-v3", env_kwargs={"continuous": False},  # doctest: +SKIP
-        ...                grayscale=True, image_size=96)
-        >>> car.observation_spec["pixels"].shape, car.action_spec.shape  # doctest: +SKIP
+        >>> make_env("gym:Pendulum-v1", from_pixels=False, g=2.0).base_env._env.unwrapped.g  # to the constructor
+        2.0
+        >>> car = make_env("gym:CarRacing-v3", continuous=False, grayscale=True, image_size=96)
+        >>> car.observation_spec["pixels"].shape, car.action_spec.shape
         (torch.Size([1, 96, 96]), torch.Size([5]))
     """
     backend, a, b = _parse_name(name)
@@ -423,6 +472,10 @@ def make_env(
         env_kwargs = {}
     elif not isinstance(env_kwargs, dict) or not all(isinstance(k, str) for k in env_kwargs):
         raise ValueError(f"make_env: env_kwargs must be a dict with str keys or None, got {env_kwargs!r}.")
+    both = sorted(set(env_kwargs) & set(kwargs))
+    if both:
+        raise ValueError(f"make_env: {both} given both in env_kwargs and as keyword arguments; give each once.")
+    env_kwargs = {**env_kwargs, **kwargs}
     if not isinstance(grayscale, bool):
         raise ValueError(f"make_env: grayscale must be a bool, got {grayscale!r}.")
     if grayscale and not from_pixels:

@@ -270,6 +270,21 @@ def tanh_normal_sampler(actor: nn.Module, state_key: NestedKey = "state", belief
     normal noise (drawn with ``torch.randn`` when ``None``, the same stream as
     ``TanhNormal.rsample``; in float32 when the network's output is bfloat16/float16, under
     autocast, so that the action is float32).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
+        >>> actor = make_dreamer_actor(Bounded(-1, 1, (2,)), 4, 8, num_cells=16)
+        >>> sample = tanh_normal_sampler(actor)
+        >>> state, belief = torch.randn(5, 4), torch.randn(5, 8)
+        >>> _ = torch.manual_seed(0)
+        >>> with set_exploration_type(ExplorationType.RANDOM):
+        ...     reference = actor(TensorDict({"state": state, "belief": belief}, [5]))["action"]
+        >>> _ = torch.manual_seed(0)
+        >>> torch.allclose(sample(state, belief), reference)
+        True
     """
     if not isinstance(actor, ProbabilisticActor) or len(actor.module) != 2:
         return None

@@ -1,20 +1,16 @@
-"""THE imagination engine: rolling the RSSM prior forward in latent space.
+"""The planners' fused imagination: scoring candidate action sequences without gradients.
 
-Everything in the package that imagines goes through here:
+:class:`FastRSSMReturns` rolls this package's RSSM prior forward from ``[M]`` start latents
+for ``[M, N, H, A]`` candidate action sequences and sums the reward head's predictions:
+the arithmetic of :func:`~torchrl_rssm.modules.rssm.imagine` followed by the reward head,
+spelled out in place for speed (CEM and MPPI call it thousands of times per action). It is
+the only copy of the transition outside :mod:`~torchrl_rssm.modules.rssm`; a test ties it
+to :func:`~torchrl_rssm.modules.rssm.imagine` with the same noise.
 
-- :func:`imagine`: the differentiable rollout, ``[*B]`` start latents, given actions
-  ``[*B, H, A]`` or a ``policy(state, belief) -> action`` in the loop (Dreamer's actor),
-  gradients flowing through the dynamics to the actions, the policy and the start.
-  :meth:`~torchrl_rssm.modules.RSSMRollout.imagine` is this function. With this
-  package's :class:`~torchrl_rssm.modules.RSSMPrior` the action's share of the first
-  layer runs once over all steps (given actions); foreign priors with TorchRL's call
-  convention ``prior(state, belief, action) -> (mean, std, state, belief)`` are
-  stepped as they are (the planners' :class:`~torchrl_rssm.planners.TensorReturns`).
-- :class:`FastRSSMReturns`: the fused no-grad path that scores ``[M, N, H, A]``
-  candidate action sequences for the planners (CEM, MPPI): the same arithmetic as
-  :func:`imagine` followed by the reward head, spelled out in place for speed. It is
-  the only copy of the transition outside :mod:`~torchrl_rssm.modules.rssm`; a test
-  ties it to :func:`imagine` with the same noise.
+The differentiable imagination (Dreamer's actor in the loop, gradients through the
+dynamics) is :func:`~torchrl_rssm.modules.rssm.imagine`, beside ``observe`` in
+:mod:`~torchrl_rssm.modules.rssm`; foreign priors (TorchRL's) are scored with its
+time-major loop by :class:`~torchrl_rssm.planners.TensorReturns`.
 """
 from __future__ import annotations
 
@@ -25,128 +21,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .heads import RewardModel
-from .rssm import Latent, RSSMPrior, _batch_major, _time_major
-
-Policy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .rssm import RSSMPrior
 
 
-def rollout_prior(
-    prior: nn.Module,
-    state: torch.Tensor,
-    belief: torch.Tensor,
-    action: torch.Tensor | None = None,
-    policy: Policy | None = None,
-    horizon: int | None = None,
-    noise: torch.Tensor | None = None,
-    sample: bool = True,
-    step: Callable | None = None,
-) -> dict[str, torch.Tensor]:
-    """The engine's loop, time-major: ``state [N, S]``, ``belief [N, D]`` -> ``[H, N, F]`` each.
-
-    ``action`` is ``[H, N, A]`` (or ``policy`` and ``horizon``); ``noise`` ``[H, N, S]``
-    (standard normal) fixes the prior samples: s_t = mean + std * noise. Without
-    ``noise``, this package's prior draws it and a foreign prior uses its own sample;
-    ``sample=False`` follows the prior means. ``step`` replaces
-    :meth:`RSSMPrior.step_projected` (e.g. its compiled version). Returns ``belief, state,
-    prior_mean, prior_std, action``.
-    """
-    if (action is None) == (policy is None):
-        raise ValueError("imagine: pass exactly one of `action` ([*B, H, A]) or `policy`.")
-    if action is not None:
-        horizon = action.shape[0]
-    if horizon is None:
-        raise ValueError("imagine: `horizon` is required with a policy.")
-    if not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"imagine: `horizon` must be a positive int, got {horizon!r}.")
-    N = state.shape[0]
-    ours = isinstance(prior, RSSMPrior)
-    if ours and sample and noise is None:
-        noise = torch.randn(horizon, N, prior.state_dim, device=state.device, dtype=state.dtype)
-    if noise is not None and sample:
-        noise = noise.reshape(horizon, N, -1).unbind(0)  # unbind, not [t]: O(H) backward, not O(H^2)
-    actions = action.unbind(0) if action is not None else None
-    # the path is chosen once, before the loop: one step function of (state, belief, a_t, t)
-    if ours:
-        step = step if step is not None else prior.step_projected
-        if action is not None:  # the action's share of the first layer: one matmul over all steps
-            w_state, act_proj = prior.project_action(action)
-            act_proj = act_proj.unbind(0)
-        else:
-            w_state, act_proj = prior.project_action(state.new_zeros(1, prior.action_dim))[0], None
-
-        def advance(s, h, a_t, t):
-            a_proj = act_proj[t] if act_proj is not None else prior.project_action(a_t)[1]
-            if sample:
-                return step(s, h, a_proj, w_state, noise[t])
-            h = prior.transition_projected(s, h, a_proj, w_state)
-            mean, std = prior.stats(h)
-            return mean, h, mean, std
-    else:  # a foreign prior with TorchRL's convention, stepped as it is
-
-        def advance(s, h, a_t, t):
-            mean, std, drawn, h = prior(s, h, a_t)
-            s = (drawn if noise is None else mean + std * noise[t]) if sample else mean
-            return s, h, mean, std
-
-    outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_mean", "prior_std", "action")}
-    for t in range(horizon):
-        a_t = actions[t] if actions is not None else policy(state, belief).reshape(N, -1)
-        state, belief, mean, std = advance(state, belief, a_t, t)
-        for k, v in zip(outs, (belief, state, mean, std, a_t)):
-            outs[k].append(v)
-    return {k: torch.stack(v) for k, v in outs.items()}
-
-
-def imagine(
-    prior: nn.Module,
-    start: Latent,
-    action: torch.Tensor | None = None,
-    policy: Policy | None = None,
-    horizon: int | None = None,
-    noise: torch.Tensor | None = None,
-    step: Callable | None = None,
-) -> Latent:
-    """Open-loop prior rollout from ``start`` (``{"state": [*B, S], "belief": [*B, D]}``).
-
-    Give either ``action`` (``[*B, H, A]``) or ``policy`` (``policy(state [N, S], belief
-    [N, D]) -> action [N, A]``, called once per step with ``N = prod(B)``) and ``horizon``.
-    ``noise`` (``[*B, H, S]``) fixes the prior samples. Returns ``belief, state,
-    prior_mean, prior_std, action``, each ``[*B, H, F]``; step k holds the latent after
-    k + 1 transitions. Differentiable; no parameter is updated.
-
-    Examples:
-        >>> import torch
-        >>> from torchrl_rssm.modules import RSSMPrior
-        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
-        >>> start = {"state": torch.zeros(3, 5, 4), "belief": torch.zeros(3, 5, 8)}
-        >>> actor = torch.nn.Linear(12, 2)
-        >>> out = imagine(prior, start, policy=lambda s, h: torch.tanh(actor(torch.cat([s, h], -1))), horizon=15)
-        >>> out["state"].shape, out["action"].shape
-        (torch.Size([3, 5, 15, 4]), torch.Size([3, 5, 15, 2]))
-        >>> out["belief"].sum().backward()
-        >>> actor.weight.grad is not None
-        True
-    """
-    batch = start["state"].shape[:-1]
-    nb = len(batch)
-    if action is not None and action.shape[:-2] != batch:
-        raise ValueError(
-            f"imagine: action must have shape [*B, H, A] with B={tuple(batch)}, got {tuple(action.shape)}."
-        )
-    state = start["state"].reshape(-1, start["state"].shape[-1])
-    belief = start["belief"].reshape(-1, start["belief"].shape[-1])
-    if noise is None and not isinstance(prior, RSSMPrior):
-        h = action.shape[-2] if action is not None else horizon
-        if isinstance(h, int) and h >= 1:  # as for ours: s_t = mean + std * noise, noise drawn here
-            noise = torch.randn(h, state.shape[0], state.shape[-1], device=state.device, dtype=state.dtype)
-    elif noise is not None:
-        noise = _time_major(noise, nb)
-    out = rollout_prior(prior, state, belief, action=None if action is None else _time_major(action, nb),
-                        policy=policy, horizon=horizon, noise=noise, step=step)
-    return {k: _batch_major(v, batch) for k, v in out.items()}
-
-
-# ------------------------------------------------------------ fused no-grad scoring path
 def _write(op, args, out: torch.Tensor) -> torch.Tensor:
     """``op(*args)`` stored in ``out`` (eager: ``out=``, no temporary).
 
@@ -190,6 +67,26 @@ class FastRSSMReturns(nn.Module):
         reward: ``reward(state, belief) -> [..., 1]``; for
             :class:`~torchrl_rssm.modules.RewardModel` its MLP eats the buffer directly.
         sample: sample s_t from the prior (PlaNet) or use its mean.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_rssm.modules import RSSMPrior, RewardModel
+        >>> from torchrl_rssm.modules.rssm import rollout_prior
+        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
+        >>> reward = RewardModel(4, 8, hidden_dim=8)
+        >>> returns = FastRSSMReturns(prior, reward, sample=False)
+        >>> state, belief, actions = torch.randn(3, 4), torch.randn(3, 8), torch.randn(3, 10, 5, 2)
+        >>> with torch.no_grad():  # the planners call it without autograd
+        ...     fast = returns(state, belief, actions)  # [M=3 envs, N=10 candidates]
+        >>> fast.shape
+        torch.Size([3, 10])
+        >>> # the same numbers as the reference loop followed by the reward head
+        >>> with torch.no_grad():
+        ...     ref = rollout_prior(prior, state.repeat_interleave(10, 0), belief.repeat_interleave(10, 0),
+        ...                         action=actions.reshape(30, 5, 2).transpose(0, 1), sample=False)
+        ...     ref = reward(ref["state"], ref["belief"]).sum(0).reshape(3, 10)
+        >>> torch.allclose(fast, ref, atol=1e-5)
+        True
     """
 
     def __init__(self, prior: RSSMPrior, reward: nn.Module, sample: bool = True):

@@ -1,20 +1,25 @@
-"""The Recurrent State Space Model (PlaNet, Hafner et al. 2019).
+"""The Recurrent State Space Model (PlaNet, Hafner et al. 2019): its step core and the two scans.
 
 A latent state is a pair: the deterministic ``belief`` h_t (a GRU state) and the
 stochastic ``state`` s_t (a diagonal Gaussian sample).
 
 - :class:`RSSMPrior`: h_t = f(h_{t-1}, s_{t-1}, a_{t-1});  p(s_t | h_t).
 - :class:`RSSMPosterior`: q(s_t | h_t, e(o_t)).
+- :func:`imagine` (and its time-major loop :func:`rollout_prior`): the prior-only scan,
+  from start latents with given actions or a ``policy(state, belief)`` in the loop,
+  differentiable. It needs the prior only.
 - :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence,
-  episodes starting from their first observation filtered) and ``imagine`` (prior-only
-  open loop, run by the imagination engine :mod:`torchrl_rssm.modules.imagination`), as
-  tensor loops. As a TensorDict module it reads and writes the same keys as TorchRL's
-  ``RSSMRollout``.
+  episodes starting from their first observation filtered) and ``imagine`` (the scan
+  above), as tensor loops. As a TensorDict module it reads and writes the same keys as
+  TorchRL's ``RSSMRollout``.
 
-The prior transition is written once (:meth:`RSSMPrior.project_action` +
-:meth:`RSSMPrior.transition_projected`); filtering, imagination, the acting belief filter
-and overshooting all step through it. Only the planners' fused no-grad scorer
-(``imagination.FastRSSMReturns``) spells it out again, tied to it by a test.
+The step core is written once: the prior transition (:meth:`RSSMPrior.project_action` +
+:meth:`RSSMPrior.transition_projected`, the GRU step), followed by the prior head
+(:meth:`RSSMPrior.step_projected`, imagining) or the posterior head
+(:meth:`RSSMPosterior.stats_projected`, filtering). ``observe``, ``imagine``, the acting
+belief filter and overshooting all step through it. Only the planners' fused no-grad scorer
+(:class:`~torchrl_rssm.modules.imagination.FastRSSMReturns`, which imports this module)
+spells it out again, tied to :func:`imagine` by a test.
 
 The prior and posterior accept the constructor arguments and call convention of
 TorchRL's :class:`~torchrl.modules.RSSMPrior` / :class:`~torchrl.modules.RSSMPosterior`
@@ -116,8 +121,8 @@ class RSSMPrior(nn.Module):
     # the first layer, which a loop computes for all steps at once) and ``transition_projected``
     # (the recurrent part). Every rollout in the package (``observe``, ``imagine``, the belief
     # filter, the planners' reference path) goes through these two; only the planners' fused
-    # no-grad scorer (``modules/imagination.py:FastRSSMReturns``) spells them out again, and a
-    # test ties it to them.
+    # no-grad scorer (``imagination.FastRSSMReturns``) spells them out again, and a test ties
+    # it to them.
     def project_action(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Splits the first layer: ``(W_s, W_a a + b)``; ``action`` is ``[..., A]`` (any leading dims)."""
         layer = self.action_state_projector[0]
@@ -242,6 +247,134 @@ def _time_major(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
 def _batch_major(x: torch.Tensor, batch: torch.Size) -> torch.Tensor:
     """``[T, prod(B), F] -> [*B, T, F]``."""
     return x.transpose(0, 1).reshape(*batch, x.shape[0], x.shape[-1])
+
+
+# ------------------------------------------------------------ imagination: the prior scan
+Policy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rollout_prior(
+    prior: nn.Module,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    action: torch.Tensor | None = None,
+    policy: Policy | None = None,
+    horizon: int | None = None,
+    noise: torch.Tensor | None = None,
+    sample: bool = True,
+    step: Callable | None = None,
+) -> dict[str, torch.Tensor]:
+    """The imagination loop, time-major: ``state [N, S]``, ``belief [N, D]`` -> ``[H, N, F]`` each.
+
+    ``action`` is ``[H, N, A]`` (or ``policy`` and ``horizon``); ``noise`` ``[H, N, S]``
+    (standard normal) fixes the prior samples: s_t = mean + std * noise. Without
+    ``noise``, this package's prior draws it and a foreign prior uses its own sample;
+    ``sample=False`` follows the prior means. ``step`` replaces
+    :meth:`RSSMPrior.step_projected` (e.g. its compiled version). Returns ``belief, state,
+    prior_mean, prior_std, action``. :func:`imagine` is this loop on ``[*B]`` batches; the
+    planners' :class:`~torchrl_rssm.planners.TensorReturns` calls it directly.
+
+    Examples:
+        >>> import torch
+        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
+        >>> out = rollout_prior(prior, torch.zeros(5, 4), torch.zeros(5, 8), action=torch.zeros(7, 5, 2),
+        ...                     sample=False)
+        >>> out["belief"].shape, torch.equal(out["state"], out["prior_mean"])  # time-major; means followed
+        (torch.Size([7, 5, 8]), True)
+    """
+    if (action is None) == (policy is None):
+        raise ValueError("imagine: pass exactly one of `action` ([*B, H, A]) or `policy`.")
+    if action is not None:
+        horizon = action.shape[0]
+    if horizon is None:
+        raise ValueError("imagine: `horizon` is required with a policy.")
+    if not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"imagine: `horizon` must be a positive int, got {horizon!r}.")
+    N = state.shape[0]
+    ours = isinstance(prior, RSSMPrior)
+    if ours and sample and noise is None:
+        noise = torch.randn(horizon, N, prior.state_dim, device=state.device, dtype=state.dtype)
+    if noise is not None and sample:
+        noise = noise.reshape(horizon, N, -1).unbind(0)  # unbind, not [t]: O(H) backward, not O(H^2)
+    actions = action.unbind(0) if action is not None else None
+    # the path is chosen once, before the loop: one step function of (state, belief, a_t, t)
+    if ours:
+        step = step if step is not None else prior.step_projected
+        if action is not None:  # the action's share of the first layer: one matmul over all steps
+            w_state, act_proj = prior.project_action(action)
+            act_proj = act_proj.unbind(0)
+        else:
+            w_state, act_proj = prior.project_action(state.new_zeros(1, prior.action_dim))[0], None
+
+        def advance(s, h, a_t, t):
+            a_proj = act_proj[t] if act_proj is not None else prior.project_action(a_t)[1]
+            if sample:
+                return step(s, h, a_proj, w_state, noise[t])
+            h = prior.transition_projected(s, h, a_proj, w_state)
+            mean, std = prior.stats(h)
+            return mean, h, mean, std
+    else:  # a foreign prior with TorchRL's convention, stepped as it is
+
+        def advance(s, h, a_t, t):
+            mean, std, drawn, h = prior(s, h, a_t)
+            s = (drawn if noise is None else mean + std * noise[t]) if sample else mean
+            return s, h, mean, std
+
+    outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_mean", "prior_std", "action")}
+    for t in range(horizon):
+        a_t = actions[t] if actions is not None else policy(state, belief).reshape(N, -1)
+        state, belief, mean, std = advance(state, belief, a_t, t)
+        for k, v in zip(outs, (belief, state, mean, std, a_t)):
+            outs[k].append(v)
+    return {k: torch.stack(v) for k, v in outs.items()}
+
+
+def imagine(
+    prior: nn.Module,
+    start: Latent,
+    action: torch.Tensor | None = None,
+    policy: Policy | None = None,
+    horizon: int | None = None,
+    noise: torch.Tensor | None = None,
+    step: Callable | None = None,
+) -> Latent:
+    """Open-loop prior rollout from ``start`` (``{"state": [*B, S], "belief": [*B, D]}``).
+
+    Give either ``action`` (``[*B, H, A]``) or ``policy`` (``policy(state [N, S], belief
+    [N, D]) -> action [N, A]``, called once per step with ``N = prod(B)``) and ``horizon``.
+    ``noise`` (``[*B, H, S]``) fixes the prior samples. Returns ``belief, state,
+    prior_mean, prior_std, action``, each ``[*B, H, F]``; step k holds the latent after
+    k + 1 transitions. Differentiable; no parameter is updated.
+
+    Examples:
+        >>> import torch
+        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
+        >>> start = {"state": torch.zeros(3, 5, 4), "belief": torch.zeros(3, 5, 8)}
+        >>> actor = torch.nn.Linear(12, 2)
+        >>> out = imagine(prior, start, policy=lambda s, h: torch.tanh(actor(torch.cat([s, h], -1))), horizon=15)
+        >>> out["state"].shape, out["action"].shape
+        (torch.Size([3, 5, 15, 4]), torch.Size([3, 5, 15, 2]))
+        >>> out["belief"].sum().backward()
+        >>> actor.weight.grad is not None
+        True
+    """
+    batch = start["state"].shape[:-1]
+    nb = len(batch)
+    if action is not None and action.shape[:-2] != batch:
+        raise ValueError(
+            f"imagine: action must have shape [*B, H, A] with B={tuple(batch)}, got {tuple(action.shape)}."
+        )
+    state = start["state"].reshape(-1, start["state"].shape[-1])
+    belief = start["belief"].reshape(-1, start["belief"].shape[-1])
+    if noise is None and not isinstance(prior, RSSMPrior):
+        h = action.shape[-2] if action is not None else horizon
+        if isinstance(h, int) and h >= 1:  # as for ours: s_t = mean + std * noise, noise drawn here
+            noise = torch.randn(h, state.shape[0], state.shape[-1], device=state.device, dtype=state.dtype)
+    elif noise is not None:
+        noise = _time_major(noise, nb)
+    out = rollout_prior(prior, state, belief, action=None if action is None else _time_major(action, nb),
+                        policy=policy, horizon=horizon, noise=noise, step=step)
+    return {k: _batch_major(v, batch) for k, v in out.items()}
 
 
 class RSSMRollout(TensorDictModuleBase):
@@ -530,10 +663,8 @@ class RSSMRollout(TensorDictModuleBase):
         Give either ``action`` (``[*B, H, A]``) or ``policy`` and ``horizon``. Returns
         ``belief, state, prior_mean, prior_std`` (and ``action``), each ``[*B, H, F]``.
         Differentiable (gradients reach the start latents, the actions or the policy, and the
-        prior); runs the imagination engine (:func:`torchrl_rssm.modules.imagination.imagine`).
+        prior); this is :func:`imagine` with the rollout's (possibly compiled) step.
         """
-        from .imagination import imagine
-
         return imagine(self.prior, start, action=action, policy=policy, horizon=horizon, noise=noise,
                        step=self._imagine_step if self._fast else None)
 

@@ -532,7 +532,7 @@ class RSSMRolloutV3(TensorDictModuleBase):
     def initial(self, batch_shape, device=None, dtype=None) -> Latent:
         """The latent at an episode start: zeros, ``{"state": [*B, C*K], "belief": [*B, D]}``."""
         p = next(self.prior.parameters())
-        kw = dict(device=device or p.device, dtype=dtype or (p.dtype if p.is_floating_point() else None))
+        kw = {"device": device or p.device, "dtype": dtype or (p.dtype if p.is_floating_point() else None)}
         return {"state": torch.zeros(*batch_shape, self.state_dim, **kw),
                 "belief": torch.zeros(*batch_shape, self.belief_dim, **kw)}
 
@@ -591,10 +591,10 @@ class RSSMRolloutV3(TensorDictModuleBase):
                                                 prior_weights, emb_t, post_weights, u_t)
             states.append(state), beliefs.append(belief), post_logits.append(logits)
         belief_seq = torch.stack(beliefs)
-        out = dict(state=torch.stack(states), belief=belief_seq,
-                   prior_logits=self.prior.logits(belief_seq),  # all steps at once, off the loop
-                   posterior_logits=torch.stack(post_logits), input_state=torch.stack(in_states),
-                   input_belief=torch.stack(in_beliefs), input_action=act)
+        out = {"state": torch.stack(states), "belief": belief_seq,
+                   "prior_logits": self.prior.logits(belief_seq),  # all steps at once, off the loop
+                   "posterior_logits": torch.stack(post_logits), "input_state": torch.stack(in_states),
+                   "input_belief": torch.stack(in_beliefs), "input_action": act}
         return {k: _batch_major(v, batch) for k, v in out.items()}
 
     def _observe_generic(self, emb, act, keep, state, belief, post_uniform, batch) -> Latent:
@@ -661,8 +661,8 @@ class RSSMRolloutV3(TensorDictModuleBase):
             else:
                 logits, state, belief = self.prior(state, belief, a)
             states.append(state), beliefs.append(belief), logits_seq.append(logits)
-        out = dict(state=torch.stack(states), belief=torch.stack(beliefs), prior_logits=torch.stack(logits_seq),
-                   action=torch.stack(actions) if policy is not None else act)
+        out = {"state": torch.stack(states), "belief": torch.stack(beliefs), "prior_logits": torch.stack(logits_seq),
+                   "action": torch.stack(actions) if policy is not None else act}
         return {k: _batch_major(v, batch) for k, v in out.items()}
 
     # --------------------------------------------------------------- tensordict

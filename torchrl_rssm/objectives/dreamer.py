@@ -4,9 +4,9 @@
 - :class:`DreamerActorLoss`, :class:`DreamerValueLoss`: drop-in for TorchRL's classes of the
   same names (constructor arguments, ``set_keys``, ``make_value_estimator(gamma=, lmbda=)``,
   return values ``(TensorDict(loss_*), fake_data)``), taking either this package's world model
-  (:func:`~torchrl_rssm.modules.make_world_model`) or a TorchRL ``DreamerEnv``.
-- :func:`to_dreamer_env`: wraps this package's world model as TorchRL's ``DreamerEnv`` (so
-  that TorchRL's own Dreamer losses and planners run on it).
+  (:func:`~torchrl_rssm.modules.make_world_model`) or a TorchRL ``DreamerEnv`` (whose
+  networks :mod:`torchrl_rssm.interop` finds; :func:`~torchrl_rssm.interop.to_dreamer_env`
+  builds one around this package's world model).
 
 **Time convention** (TorchRL's ``fake_data`` layout). Imagination starts from s_0 (a
 posterior state of the batch) and runs H steps: row t (t = 0..H-1) holds the state s_t it
@@ -24,21 +24,25 @@ s_1..s_14 with the reward of the state itself; TorchRL's layout, which this foll
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import _GAMMA_LMBDA_DEPREC_ERROR, ValueEstimators, distance_loss
 
+from ..interop import find_dreamer_env_prior, find_dreamer_env_reward, find_mean_head
 from ..modules.actor import tanh_normal_sampler
+from ..modules.rssm import imagine
+from ..modules.world_model import RSSMWorldModel
 from .elbo import NonFiniteInputError, encode_first_observations
 
-__all__ = ["DreamerActorLoss", "DreamerValueLoss", "lambda_return", "to_dreamer_env"]
+__all__ = ["DreamerActorLoss", "DreamerValueLoss", "lambda_return"]
 
 
 # ------------------------------------------------------------------ lambda-returns
@@ -114,71 +118,18 @@ def _held_out(*modules: nn.Module | None):
             p.requires_grad_(f)
 
 
-def _leaves(module: nn.Module) -> list[nn.Module]:
-    if isinstance(module, TensorDictSequential):
-        return [leaf for m in module.module for leaf in _leaves(m)]
-    return [module]
-
-
 def _next(key: NestedKey) -> tuple:
     return ("next", *key) if isinstance(key, tuple) else ("next", key)
 
 
-def _strip_next(key: NestedKey) -> NestedKey:
-    if isinstance(key, tuple) and len(key) > 1 and key[0] == "next":
-        return key[1:] if len(key) > 2 else key[1]
-    return key
-
-
-def _mean_head(module: nn.Module, state_key: NestedKey, belief_key: NestedKey):
-    """The network giving the mean of a ``(state, belief)`` head, as ``fn(state, belief)``, or None.
-
-    Accepts a ``TensorDictModule`` on ``(state, belief)`` (either order) with one output, or
-    TorchRL's Dreamer layout: that module writing ``loc``, followed by a probabilistic module
-    that draws the output from it (the heads' mean is ``loc``, for TorchRL's Normal heads).
-    """
-    leaves = _leaves(module)
-    head = leaves[0]
-    if not isinstance(head, TensorDictModule) or set(head.in_keys) != {state_key, belief_key}:
-        return None
-    if len(leaves) == 2:
-        tail = leaves[1]
-        if not (isinstance(tail, ProbabilisticTensorDictModule) and list(tail.in_keys) == list(head.out_keys[:1])):
-            return None
-    elif len(leaves) != 1:
-        return None
-    net = head.module
-    if list(head.in_keys) != [state_key, belief_key]:
-        return lambda s, b: net(b, s)
-    return net
-
-
-def _prior_of(transition: nn.Module, state_key, belief_key, action_key):
-    """The prior network inside TorchRL's Dreamer transition model (``DreamerEnv.world_model[0]``)."""
-    leaves = _leaves(transition)
-    priors = [m for m in leaves if isinstance(m, TensorDictModule)
-              and list(m.in_keys) == [state_key, belief_key, action_key]
-              and len(m.out_keys) == 4 and [_strip_next(k) for k in m.out_keys[2:]] == [state_key, belief_key]]
-    return priors[0].module if len(priors) == 1 and len(leaves) == 1 else None
-
-
-def _engine_for_prior(prior: nn.Module):
-    """The shared imagination engine (``RSSMRollout.imagine``) around a bare prior network.
-
-    ``imagine`` only uses the prior; the posterior is a 1-unit stand-in that is never called.
-    """
-    from ..modules.rssm import RSSMPosterior, RSSMRollout
-
-    posterior = RSSMPosterior(hidden_dim=1, state_dim=prior.state_dim, rnn_hidden_dim=prior.rnn_hidden_dim,
-                              obs_embed_dim=1, device=next(prior.parameters()).device)
-    return RSSMRollout(prior, posterior)
-
-
 def _resolve_model(model, keys, who: str):
-    """(rollout engine, reward-mean function, our world model or None) for ``model``."""
-    from torchrl.envs import EnvBase
+    """(imagine function, prior, reward-mean function, our world model or None) for ``model``.
 
-    from ..modules.world_model import RSSMWorldModel
+    The imagine function is ``imagine(start, action=None, policy=None, horizon=None,
+    noise=None)``: our rollout's (with its compiled step, if any) or :func:`imagine` on the
+    prior found inside a ``DreamerEnv``.
+    """
+    from torchrl.envs import EnvBase
 
     if isinstance(model, RSSMWorldModel):
         try:
@@ -188,34 +139,40 @@ def _resolve_model(model, keys, who: str):
         if not isinstance(reward, nn.Module):
             raise ValueError(f"{who}: the world model has no reward head (world_model[1] should be the reward "
                              "module, as make_world_model builds it); Dreamer scores imagined states with it.")
-        return model.rollout, reward, model
+        return model.rollout.imagine, model.rollout.prior, reward, model
     if isinstance(model, EnvBase):
         world_model = getattr(model, "world_model", None)
         try:
-            transition, reward_module = world_model[0], world_model[1]
+            world_model[0], world_model[1]
         except (TypeError, IndexError, KeyError):
             raise ValueError(
                 f"{who}: model_based_env.world_model must be WorldModelWrapper(transition, reward) as in "
                 f"TorchRL's Dreamer example (a DreamerEnv); got {type(world_model).__name__} without a reward head."
             ) from None
-        prior = _prior_of(transition, keys.state, keys.belief, keys.action)
+        prior = find_dreamer_env_prior(world_model, keys.state, keys.belief, keys.action)
         if prior is None:
             raise ValueError(
                 f"{who}: could not find the prior network in model_based_env.world_model[0]: expected one "
                 f"TensorDictModule with in_keys [{keys.state!r}, {keys.belief!r}, {keys.action!r}] and out_keys "
                 "(_, _, state, belief), as TorchRL's Dreamer example builds it."
             )
-        reward = _mean_head(reward_module, keys.state, keys.belief)
+        reward = find_dreamer_env_reward(world_model, keys.state, keys.belief)
         if reward is None:
             raise ValueError(
                 f"{who}: model_based_env.world_model[1] is not a reward head on ({keys.state!r}, {keys.belief!r}) "
                 "(a TensorDictModule, optionally followed by a probabilistic module reading its 'loc')."
             )
-        return _engine_for_prior(prior), reward, None
+        return functools.partial(imagine, prior), prior, reward, None
     raise TypeError(
         f"{who}: model_based_env must be a torchrl_rssm RSSMWorldModel (make_world_model) or a TorchRL "
         f"DreamerEnv; got {type(model).__name__}."
     )
+
+
+def _action_dim(prior: nn.Module) -> int:
+    """The action size a prior reads: ours has ``action_dim``, TorchRL's ``action_shape``."""
+    dim = getattr(prior, "action_dim", None)
+    return int(dim) if dim is not None else int(prior.action_shape[-1])
 
 
 HEAD_CHUNK_ROWS = 2560
@@ -285,7 +242,8 @@ class DreamerActorLoss(LossModule):
       target r + gamma v: its estimator reads the feature dimension as time).
     - Rewards and values of imagined states are the heads' means (TorchRL samples them
       from probabilistic heads).
-    - Imagination runs on tensors through the shared engine (``RSSMRollout.imagine``), no
+    - Imagination runs on tensors through the package's one prior scan
+      (:func:`~torchrl_rssm.modules.imagine`, ``RSSMRollout.imagine`` for its world model), no
       tensordict per step; the heads run after the loop, a few steps at a time (cache-sized chunks).
     - ``model_based_env`` may be this package's world model or TorchRL's ``DreamerEnv``
       (whose prior and reward networks are found inside ``env.world_model``).
@@ -410,9 +368,10 @@ class DreamerActorLoss(LossModule):
         self.check_finite = check_finite
         self.autocast_dtype = _check_autocast_dtype(autocast_dtype, "DreamerActorLoss")
         self.gamma, self.lmbda = 0.99, 0.95
-        rollout, reward, world_model = _resolve_model(model_based_env, self.tensor_keys, "DreamerActorLoss")
-        # plain attributes: the engine and heads are (parts of) model_based_env, already registered
-        self.__dict__["_rollout"] = rollout
+        imagine_fn, prior, reward, world_model = _resolve_model(model_based_env, self.tensor_keys, "DreamerActorLoss")
+        # plain attributes: the prior and heads are (parts of) model_based_env, already registered
+        self.__dict__["_imagine"] = imagine_fn
+        self.__dict__["_prior"] = prior
         self.__dict__["_reward"] = reward
         self.__dict__["_world_model"] = world_model
         self._refresh_fast_paths()
@@ -432,14 +391,37 @@ class DreamerActorLoss(LossModule):
     def _refresh_fast_paths(self) -> None:
         k = self.tensor_keys
         self.__dict__["_sampler"] = tanh_normal_sampler(self.actor_model, k.state, k.belief)
-        self.__dict__["_value_mean"] = _mean_head(self.value_model, k.state, k.belief)
+        self.__dict__["_value_mean"] = find_mean_head(self.value_model, k.state, k.belief)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if hasattr(self, "_rollout"):
+        if hasattr(self, "_imagine"):
             self._refresh_fast_paths()
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(value=self.tensor_keys.value)
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> None:
-        """Sets gamma and lambda: ``TDLambda`` (default; ``gamma=0.99, lmbda=0.95``), ``TD0`` (lambda 0), ``TD1`` (lambda 1)."""
+        """Sets gamma and lambda: ``TDLambda`` (default; ``gamma=0.99, lmbda=0.95``), ``TD0`` (lambda 0), ``TD1`` (lambda 1).
+
+        As in TorchRL, it also builds ``value_estimator`` (TorchRL's ``TD0Estimator``,
+        ``TD1Estimator`` or ``TDLambdaEstimator``, without a value network) holding these
+        settings and the value key, which ``set_keys(value=...)`` updates. The targets
+        themselves are the closed-form :func:`lambda_return` over the imagined time steps.
+
+        Examples:
+            >>> from torchrl.data import Bounded, Composite, Unbounded
+            >>> from torchrl.objectives.utils import ValueEstimators
+            >>> from torchrl_rssm.modules import make_dreamer_actor, make_value_model, make_world_model
+            >>> wm = make_world_model(Composite(observation=Unbounded((5,))), Bounded(-1, 1, (2,)),
+            ...                       state_dim=8, belief_dim=16, hidden_dim=32)
+            >>> loss = DreamerActorLoss(make_dreamer_actor(Bounded(-1, 1, (2,)), 8, 16, num_cells=32),
+            ...                         make_value_model(8, 16, hidden_dim=32), wm)
+            >>> loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.9, lmbda=0.8)
+            >>> loss.set_keys(value="my_value")
+            >>> loss.gamma, loss.lmbda, loss.value_estimator.tensor_keys.value
+            (0.9, 0.8, 'my_value')
+        """
+        from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
+
         value_type = self.default_value_estimator if value_type is None else value_type
         if value_type not in self.SUPPORTED_VALUE_ESTIMATORS:
             raise NotImplementedError(
@@ -454,6 +436,16 @@ class DreamerActorLoss(LossModule):
             raise ValueError(f"DreamerActorLoss: gamma and lmbda must be in [0, 1], got {gamma}, {lmbda}.")
         self.gamma, self.lmbda = gamma, float(lmbda)
         self.value_type = value_type
+        common = {"gamma": gamma, "value_network": None, "device": hyperparams.get("device"),
+                  "differentiable": hyperparams.get("differentiable", False)}
+        if value_type == ValueEstimators.TD0:
+            estimator = TD0Estimator(**common)
+        elif value_type == ValueEstimators.TD1:
+            estimator = TD1Estimator(**common)
+        else:
+            estimator = TDLambdaEstimator(lmbda=self.lmbda, vectorized=hyperparams.get("vectorized", True), **common)
+        estimator.set_keys(value=self.tensor_keys.value, value_target="value_target")
+        self._value_estimator = estimator
 
     # ---------------------------------------------------------------- pieces
     def start_states(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -498,9 +490,10 @@ class DreamerActorLoss(LossModule):
             return self.value_model(td).get(k.value)
 
     def imagine(self, start: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """H steps with the actor in the loop from ``start`` ``[N, F]``: the engine's output ``[N, H, F]``."""
+        """H steps with the actor in the loop from ``start`` ``[N, F]``: :func:`~torchrl_rssm.modules.imagine`'s
+        output ``[N, H, F]``."""
         with set_exploration_type(ExplorationType.RANDOM):
-            return self._rollout.imagine(start, policy=self._policy(), horizon=self.imagination_horizon, noise=noise)
+            return self._imagine(start, policy=self._policy(), horizon=self.imagination_horizon, noise=noise)
 
     def _imagine_and_score(self, state: torch.Tensor, belief: torch.Tensor, noise: torch.Tensor,
                            eps: tuple[torch.Tensor, ...]):
@@ -517,7 +510,7 @@ class DreamerActorLoss(LossModule):
             step[0] += 1
             return a
 
-        traj = self._rollout.imagine({"state": state, "belief": belief}, policy=policy, horizon=H,
+        traj = self._imagine({"state": state, "belief": belief}, policy=policy, horizon=H,
                                      noise=noise.transpose(0, 1))
         s_all, b_all = traj["state"], traj["belief"]
         reward = _over_steps(self._reward, s_all, b_all)
@@ -544,7 +537,7 @@ class DreamerActorLoss(LossModule):
                 # the eager path's random stream: the prior's noise, then the actor's, step by step
                 N, S = flat["state"].shape
                 noise = torch.randn(H, N, S, device=flat["state"].device, dtype=dtype)
-                A = self._rollout._action_dim()
+                A = _action_dim(self._prior)
                 eps = tuple(torch.randn(N, A, device=noise.device, dtype=dtype) for _ in range(H))
                 state, belief, action, reward, next_value = self._compiled(flat["state"], flat["belief"], noise, eps)
             else:
@@ -668,7 +661,7 @@ class DreamerValueLoss(LossModule):
 
     def _refresh(self) -> None:
         k = self.tensor_keys
-        self.__dict__["_value_mean"] = _mean_head(self.value_model, k.state, k.belief)
+        self.__dict__["_value_mean"] = find_mean_head(self.value_model, k.state, k.belief)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if "value_model" in self._modules:
@@ -701,40 +694,3 @@ class DreamerValueLoss(LossModule):
             value = value.to(target.dtype)
             w = _time_weights(self.gamma, target.shape[-2], target, self.discount_loss)
             return _reduce(w * distance_loss(value, target, self.value_loss), self.time_reduction)
-
-
-# ------------------------------------------------------------------ TorchRL interop
-def to_dreamer_env(world_model, action_spec=None, *, reward_key: NestedKey = "reward"):
-    """This package's world model as TorchRL's ``DreamerEnv`` (its Dreamer example's layout).
-
-    ``DreamerEnv(WorldModelWrapper(SafeSequential(SafeModule(prior, ["state", "belief",
-    "action"] -> ["_", "_", "state", "belief"])), SafeModule(reward, ["state", "belief"] ->
-    reward_key)))`` with the world model's own networks (shared, not copied), so that
-    TorchRL's ``DreamerActorLoss``, ``CEMPlanner``, ... run on it.
-
-    Examples:
-        >>> from torchrl.data import Bounded, Composite, Unbounded
-        >>> from torchrl_rssm.modules import make_world_model
-        >>> wm = make_world_model(Composite(observation=Unbounded((5,))), Bounded(-1, 1, (2,)), state_dim=8,
-        ...                       belief_dim=16, hidden_dim=32)
-        >>> env = to_dreamer_env(wm, Bounded(-1, 1, (2,)))
-        >>> type(env).__name__
-        'DreamerEnv'
-    """
-    from torchrl.data import Composite, Unbounded
-    from torchrl.envs.model_based.dreamer import DreamerEnv
-    from torchrl.modules import SafeModule, SafeSequential, WorldModelWrapper
-
-    prior = world_model.rollout.prior
-    S, D = world_model.rollout.state_dim, world_model.rollout.belief_dim
-    transition = SafeSequential(SafeModule(prior, in_keys=["state", "belief", "action"],
-                                           out_keys=["_", "_", "state", "belief"]))
-    reward = SafeModule(world_model.reward_model, in_keys=["state", "belief"], out_keys=[reward_key])
-    device = next(prior.parameters()).device
-    env = DreamerEnv(WorldModelWrapper(transition, reward), prior_shape=torch.Size([S]),
-                     belief_shape=torch.Size([D]), device=device)
-    env.observation_spec = Composite(state=Unbounded((S,)), belief=Unbounded((D,)), device=device)
-    env.state_spec = Composite(state=Unbounded((S,)), belief=Unbounded((D,)), device=device)
-    env.action_spec = action_spec if action_spec is not None else Unbounded((prior.action_dim,), device=device)
-    env.reward_spec = Unbounded((1,), device=device)
-    return env

@@ -26,6 +26,7 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.objectives.common import LossModule
 
+from ..interop import find_rollout_prior, strip_next
 from ..modules import ConvEncoder, MLPEncoder, RSSMRollout, pixels_to_model
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
@@ -52,7 +53,13 @@ def gaussian_kl(
 
 
 def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian, summed over the last dim: ``sum(log std + 0.5 log(2 pi e))``."""
+    """Entropy of a diagonal Gaussian, summed over the last dim: ``sum(log std + 0.5 log(2 pi e))``.
+
+    Examples:
+        >>> import math, torch
+        >>> abs(gaussian_entropy(torch.ones(3)).item() - 1.5 * math.log(2 * math.pi * math.e)) < 1e-6
+        True
+    """
     return (std.log() + _HALF_LOG_2PI_E).sum(-1)
 
 
@@ -69,6 +76,16 @@ def balanced_kl(
     the prior receives ``alpha`` and the posterior ``1 - alpha`` of the plain KL's
     gradient (the prior learns faster than the posterior is regularised).
     ``alpha=None`` is the plain KL.
+
+    Examples:
+        >>> import torch
+        >>> q_mean, p_mean = torch.zeros(1, 2, requires_grad=True), torch.ones(1, 2, requires_grad=True)
+        >>> kl = balanced_kl(q_mean, torch.ones(1, 2), p_mean, torch.ones(1, 2), alpha=0.8)
+        >>> kl.item()  # the value is KL(q || p) = 0.5 * sum (q_mean - p_mean)^2
+        1.0
+        >>> kl.backward()
+        >>> p_mean.grad, q_mean.grad  # the prior gets 0.8 of the gradient, the posterior 0.2
+        (tensor([[0.8000, 0.8000]]), tensor([[-0.2000, -0.2000]]))
     """
     if alpha is None:
         return gaussian_kl(q_mean, q_std, p_mean, p_std)
@@ -104,6 +121,14 @@ def overshooting_priors(
 
     All start times are advanced together (the chain batch is ``[*B, T-d]``, flattened),
     so the Python loop runs over d only, never over (t, d) pairs.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_rssm.modules import RSSMPrior
+        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
+        >>> priors = overshooting_priors(prior, torch.zeros(3, 6, 4), torch.zeros(3, 6, 8), torch.zeros(3, 6, 2), 3)
+        >>> [tuple(mean.shape) for mean, std in priors]  # d = 1, 2, 3: targets rows d..5
+        [(3, 5, 4), (3, 4, 4), (3, 3, 4)]
     """
     T = action.shape[-2]
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -119,25 +144,6 @@ def overshooting_priors(
         state, belief = s.reshape(*lead, -1), h.reshape(*lead, -1)
         out.append((mean, std))
     return out
-
-
-def _find_prior(world_model: nn.Module) -> nn.Module | None:
-    """The transition network inside a world model (ours or TorchRL's rollout), or None."""
-    for module in world_model.modules():
-        if isinstance(module, RSSMRollout):
-            return module.prior
-        prior = getattr(module, "rssm_prior", None)  # TorchRL's RSSMRollout
-        if prior is not None:
-            return getattr(prior, "module", prior)
-    return None
-
-
-def _leaf(key: NestedKey) -> NestedKey:
-    """``("next", "x") -> "x"``: the loss's keys are named relative to ``"next"``."""
-    key = unravel_key(key)
-    if isinstance(key, tuple) and key[0] == "next":
-        key = key[1:] if len(key) > 2 else key[1]
-    return key
 
 
 def _next(key: NestedKey) -> NestedKey:
@@ -336,7 +342,7 @@ class RSSMLoss(LossModule):
         # a plain attribute, not a submodule: our rollout (reads the root observation's embedding)
         self.__dict__["_rollout"] = next((m for m in world_model.modules() if isinstance(m, RSSMRollout)), None)
         # a plain attribute, not a submodule: its parameters are already the world model's
-        self.__dict__["_prior"] = _find_prior(world_model)
+        self.__dict__["_prior"] = find_rollout_prior(world_model)
         if self.overshooting_distance > 1 and self._prior is None:
             raise ValueError(
                 "RSSMLoss: latent overshooting (overshooting_distance > 1) needs the world model's "
@@ -354,9 +360,9 @@ class RSSMLoss(LossModule):
         """The observation / reconstruction / reward-prediction keys the world model uses."""
         keys = {"observation": "pixels", "reco_observation": "reco_pixels", "reward_pred": "reward_pred"}
         try:  # WorldModelWrapper(TensorDictSequential(encoder, rollout, decoder), reward)
-            keys["observation"] = _leaf(world_model[0][0].in_keys[0])
-            keys["reco_observation"] = _leaf(world_model[0][-1].out_keys[-1])
-            keys["reward_pred"] = _leaf(world_model[1].out_keys[-1])
+            keys["observation"] = strip_next(world_model[0][0].in_keys[0])
+            keys["reco_observation"] = strip_next(world_model[0][-1].out_keys[-1])
+            keys["reward_pred"] = strip_next(world_model[1].out_keys[-1])
         except (AttributeError, IndexError, TypeError, KeyError):
             pass
         return keys
@@ -407,7 +413,7 @@ class RSSMLoss(LossModule):
         """The observation shape our encoders need, if they read this loss's observation key."""
         try:
             encoder_module = self.world_model[0][0]
-            encoder, in_key = encoder_module.module, _leaf(encoder_module.in_keys[0])
+            encoder, in_key = encoder_module.module, strip_next(encoder_module.in_keys[0])
         except (AttributeError, IndexError, TypeError, KeyError):
             return None
         if in_key != unravel_key(self.tensor_keys.observation):

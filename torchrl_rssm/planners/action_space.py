@@ -34,6 +34,11 @@ class ActionSpace:
     with ``n`` values, shape ``[]`` or ``[1]``; the model sees one-hot vectors).
     Continuous plans are Gaussians (mean, std ``[M, H, A]``); discrete plans are
     per-step categorical probabilities (``[M, H, A]``, the std is unused).
+
+    Examples:
+        >>> from torchrl.data import Bounded, Categorical
+        >>> ActionSpace(Bounded(-1, 1, (2,))).kind, ActionSpace(Categorical(4)).kind
+        ('continuous', 'categorical')
     """
 
     def __init__(self, spec: TensorSpec, argname: str = "action_spec"):
@@ -143,12 +148,26 @@ class ActionSpace:
 
 
 def shift_plan(prev: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-    """Warm start: the previous plan moved one step earlier, its last step from ``fresh``."""
+    """Warm start: the previous plan moved one step earlier, its last step from ``fresh``.
+
+    Examples:
+        >>> import torch
+        >>> shift_plan(torch.tensor([[[1.0], [2.0], [3.0]]]), torch.zeros(1, 3, 1)).flatten().tolist()
+        [2.0, 3.0, 0.0]
+    """
     return torch.cat([prev[:, 1:], fresh[:, -1:]], dim=1)
 
 
 def top_k_elites(actions: torch.Tensor, returns: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` best candidates: ``[M, N, H, A], [M, N] -> [M, k, H, A], [M, k]``."""
+    """The ``k`` best candidates: ``[M, N, H, A], [M, N] -> [M, k, H, A], [M, k]``.
+
+    Examples:
+        >>> import torch
+        >>> actions = torch.arange(4.0).reshape(1, 4, 1, 1)  # candidate i plays action i
+        >>> elites, best = top_k_elites(actions, torch.tensor([[1.0, 4.0, 3.0, 2.0]]), k=2)
+        >>> elites.flatten().tolist(), best.tolist()
+        ([1.0, 2.0], [[4.0, 3.0]])
+    """
     best, idx = returns.topk(k, dim=1)
     M, _, H, A = actions.shape
     return actions.gather(1, idx[:, :, None, None].expand(M, k, H, A)), best

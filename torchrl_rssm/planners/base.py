@@ -16,10 +16,12 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.data import TensorSpec
 
+from ..interop import find_dreamer_env_prior, find_dreamer_env_reward
 from ..modules.imagination import FastRSSMReturns
 from ..modules.rssm import RSSMPrior
+from ..modules.world_model import RSSMWorldModel
 from .action_space import ActionSpace, Returns, shift_plan
-from .torchrl_envs import EnvStepReturns, TensorDictReturns, TensorReturns, _fast_networks, _SwapArgs
+from .torchrl_envs import EnvStepReturns, TensorDictReturns, TensorReturns
 
 
 class PlannerBase(TensorDictModuleBase):
@@ -97,8 +99,6 @@ class PlannerBase(TensorDictModuleBase):
         """Turns the ``model`` argument into a returns function and the input keys."""
         from torchrl.envs import EnvBase
 
-        from ..modules.world_model import RSSMWorldModel
-
         self._tensor_path = True
         if isinstance(model, RSSMWorldModel):
             prior = model.rollout.prior
@@ -122,14 +122,12 @@ class PlannerBase(TensorDictModuleBase):
             self.action_spec = action_spec if action_spec is not None else getattr(
                 model, "action_spec_unbatched", model.action_spec)
             world_model = getattr(model, "world_model", None)
-            nets = None
-            if world_model is not None and not hasattr(model, "transform"):
-                nets = _fast_networks(world_model, self.state_key, self.belief_key, self.action_key,
-                                      self.reward_key)
-            if nets is not None:
-                prior, reward, swapped = nets
-                self.returns_model = self._tensor_returns(prior, _SwapArgs(reward) if swapped else reward,
-                                                          sample_states)
+            prior = reward = None
+            if world_model is not None and not hasattr(model, "transform"):  # a transformed env steps more
+                prior = find_dreamer_env_prior(world_model, self.state_key, self.belief_key, self.action_key)
+                reward = find_dreamer_env_reward(world_model, self.state_key, self.belief_key, self.reward_key)
+            if prior is not None and reward is not None:
+                self.returns_model = self._tensor_returns(prior, reward, sample_states)
             else:
                 self._tensor_path = False
                 self._start_keys = list(model.observation_spec.keys(True, True))

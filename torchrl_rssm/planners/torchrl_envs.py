@@ -2,12 +2,14 @@
 
 - :class:`TensorReturns`: any prior with TorchRL's call convention
   ``prior(state, belief, action) -> (mean, std, state, belief)`` and any reward
-  ``reward(state, belief)``, rolled out by the imagination engine's tensor loop;
+  ``reward(state, belief)``, rolled out by :func:`~torchrl_rssm.modules.rssm.rollout_prior`
+  (the loop of :func:`~torchrl_rssm.modules.imagine`);
 - :class:`TensorDictReturns` / :class:`EnvStepReturns`: foreign tensordict modules
   (a model-based env's ``world_model``) or any stateless env, one batched tensordict
-  per step, no ``env.rollout``;
-- :func:`_fast_networks`: finds this package's (or TorchRL's) prior and reward head
-  inside a TorchRL ``DreamerEnv`` so that the planner can take the tensor path.
+  per step, no ``env.rollout``.
+
+The planner takes the tensor path for a ``DreamerEnv`` whose prior and reward head
+:mod:`torchrl_rssm.interop` finds, and these tensordict paths otherwise.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
-from ..modules.imagination import rollout_prior
+from ..interop import strip_next
+from ..modules.rssm import rollout_prior
 
 
 class TensorReturns(nn.Module):
@@ -35,6 +37,15 @@ class TensorReturns(nn.Module):
         state_dim, belief_dim: sizes of the latent parts (read from the prior when
             it has ``state_dim`` / ``rnn_hidden_dim``).
         sample: use the prior's sample (default) or its mean as the next state.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.modules.models.model_based import RSSMPrior as TorchRLPrior
+        >>> from torchrl.data import Bounded
+        >>> prior = TorchRLPrior(Bounded(-1, 1, (2,)), hidden_dim=8, rnn_hidden_dim=8, state_dim=4)
+        >>> returns = TensorReturns(prior, lambda state, belief: state.sum(-1, keepdim=True), sample=False)
+        >>> returns(torch.zeros(3, 4), torch.zeros(3, 8), torch.randn(3, 10, 5, 2)).shape  # [M envs, N candidates]
+        torch.Size([3, 10])
     """
 
     def __init__(self, prior: nn.Module, reward: nn.Module, state_dim: int | None = None,
@@ -49,7 +60,7 @@ class TensorReturns(nn.Module):
         s = state.unsqueeze(1).expand(M, N, *state.shape[1:]).reshape(M * N, *state.shape[1:])
         h = belief.unsqueeze(1).expand(M, N, *belief.shape[1:]).reshape(M * N, *belief.shape[1:])
         acts = actions.reshape(M * N, H, A).transpose(0, 1)  # time-major [H, M * N, A]
-        out = rollout_prior(self.prior, s, h, action=acts, sample=self.sample)  # the imagination engine
+        out = rollout_prior(self.prior, s, h, action=acts, sample=self.sample)
         rewards = self.reward(out["state"].transpose(0, 1), out["belief"].transpose(0, 1))  # [M * N, H, 1]
         return rewards.reshape(M, N, H).sum(-1)
 
@@ -73,8 +84,8 @@ class TensorDictReturns:
     def __init__(self, world_model: nn.Module, action_key: NestedKey, reward_key: NestedKey,
                  done_keys: Sequence[NestedKey] = ()):
         self.world_model, self.action_key = world_model, action_key
-        self.reward_key = _strip_next(reward_key)
-        self.done_keys = [_strip_next(k) for k in done_keys]
+        self.reward_key = strip_next(reward_key)
+        self.done_keys = [strip_next(k) for k in done_keys]
 
     def __call__(self, start: TensorDictBase, actions: torch.Tensor) -> torch.Tensor:
         M, N, H, A = actions.shape
@@ -121,12 +132,6 @@ class EnvStepReturns:
         return rewards.sum(-1).view(M, N)
 
 
-def _strip_next(key: NestedKey) -> NestedKey:
-    if isinstance(key, tuple) and len(key) > 1 and key[0] == "next":
-        return key[1:] if len(key) > 2 else key[1]
-    return key
-
-
 def _any_done(td: TensorDictBase, keys, n: int) -> torch.Tensor | None:
     flags = [td.get(k, None) for k in keys]
     flags = [f.reshape(n, -1).any(-1) for f in flags if f is not None]
@@ -140,60 +145,3 @@ def _any_done(td: TensorDictBase, keys, n: int) -> torch.Tensor | None:
 
 def _or_false(flag: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
     return flag if flag is not None else torch.zeros(n, dtype=torch.bool, device=like.device)
-
-
-# --------------------------------------------------------------- finding the networks
-def _leaf_modules(module: nn.Module) -> list[TensorDictModuleBase]:
-    if isinstance(module, TensorDictSequential):
-        return [leaf for m in module.module for leaf in _leaf_modules(m)]
-    return [module]
-
-
-def _fast_networks(world_model: nn.Module, state_key, belief_key, action_key, reward_key):
-    """Finds (prior, reward, reward_args_order) inside a TorchRL Dreamer-style world model.
-
-    Accepts ``WorldModelWrapper(transition, reward)`` where ``transition`` contains a
-    ``TensorDictModule`` wrapping a prior with in_keys ``(state, belief, action)`` and
-    out_keys ``(_, _, state, belief)`` (TorchRL's Dreamer ``DreamerEnv``), and ``reward``
-    is a ``TensorDictModule`` on ``(state, belief)`` writing the reward, possibly followed
-    by a probabilistic module that turns its output ("loc") into the reward (TorchRL's
-    Dreamer example). Returns ``None`` when the layout is different.
-    """
-    try:
-        transition, reward = world_model[0], world_model[1]
-    except (TypeError, IndexError, KeyError):
-        return None
-    priors = [m for m in _leaf_modules(transition) if isinstance(m, TensorDictModule)
-              and list(m.in_keys) == [state_key, belief_key, action_key]
-              and len(m.out_keys) == 4 and list(m.out_keys[2:]) == [state_key, belief_key]]
-    if len(priors) != 1 or len(_leaf_modules(transition)) != 1:
-        return None
-    reward_leaves = _leaf_modules(reward)
-    rkey = _strip_next(reward_key)
-    head = reward_leaves[0]
-    if not isinstance(head, TensorDictModule) or set(head.in_keys) != {state_key, belief_key}:
-        return None
-    if len(reward_leaves) == 1:
-        if head.out_keys[0] != rkey:
-            return None
-    elif len(reward_leaves) == 2:  # TorchRL's Dreamer: loc -> IndependentNormal -> reward
-        tail = reward_leaves[1]
-        if not (isinstance(tail, ProbabilisticTensorDictModule) and list(tail.in_keys) == list(head.out_keys[:1])
-                and tail.out_keys[0] == rkey):
-            return None
-    else:
-        return None
-    swapped = list(head.in_keys) != [state_key, belief_key]
-    return priors[0].module, head.module, swapped
-
-
-class _SwapArgs(nn.Module):
-    """A reward network whose in_keys are (belief, state): called as reward(state, belief)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, state, belief):
-        return self.net(belief, state)
-

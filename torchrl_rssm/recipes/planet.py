@@ -13,7 +13,8 @@ import torch
 from tensordict import TensorDictBase
 
 from ..envs import dequantize
-from ..planners import CEMPlanner, MPPIPlanner, PlaNetPolicy
+from ..planners import CEMPlanner, MPPIPlanner
+from ..policies import PlaNetPolicy
 from .agent import Agent, build_world_model_and_loss
 from .config import RunConfig
 from .trainer import ConfigMismatchError, Trainer, load_trainer, resolve_device

@@ -57,7 +57,8 @@ from torchrl_rssm.data import make_replay_buffer
 from torchrl_rssm.envs import make_env
 from torchrl_rssm.modules import make_world_model
 from torchrl_rssm.objectives import RSSMLoss
-from torchrl_rssm.planners import CEMPlanner, PlaNetPolicy
+from torchrl_rssm.planners import CEMPlanner
+from torchrl_rssm.policies import PlaNetPolicy
 
 _ = torch.manual_seed(0)
 device = torch.device("cpu")  # "cuda" moves the model, the planner and the replay buffer

@@ -348,7 +348,8 @@ plt.show()
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.objectives import DreamerActorLoss as TorchRLDreamerActorLoss
 
-from torchrl_rssm.objectives import lambda_return, to_dreamer_env
+from torchrl_rssm.interop import to_dreamer_env
+from torchrl_rssm.objectives import lambda_return
 
 S, D, H5, gamma, lmbda, r, v = 6, 12, 5, 0.99, 0.95, 1.0, 10.0
 spec = Bounded(-1.0, 1.0, (1,))
