@@ -867,13 +867,14 @@ class DreamerV3ActorLoss(LossModule):
 
     def imagine(self, state: torch.Tensor, belief: torch.Tensor) -> dict[str, torch.Tensor]:
         """H imagined steps from ``[N, F]`` start latents, each output ``[N, H, F]``: ``state``, ``belief``
-        (s_1..s_H), ``action`` (a_0..a_{H-1}), the actor's distribution parameters under their keys when
-        the actor is a tensor program, and ``reward`` when the world model is one module."""
+        (s_1..s_H), ``action`` (a_0..a_{H-1}), ``reward`` when the world model is one module, and
+        ``actor_params`` (the actor's distribution inputs by key) when the actor is a tensor program."""
         k, parts = self.tensor_keys, self._parts
         batch = state.shape[:-1]
         program = parts["actor_program"]
-        param_keys = [key for key in program[-1].in_keys] if program is not None else []
-        steps: dict = {"state": [], "belief": [], "action": [], "reward": [], **{key: [] for key in param_keys}}
+        param_keys = list(program[-1].in_keys) if program is not None else []
+        steps: dict = {"state": [], "belief": [], "action": [], "reward": []}
+        params: dict = {key: [] for key in param_keys}
         # REINFORCE differentiates only the actor's log-probabilities: no graph through the model then
         model_grad = torch.is_grad_enabled() and not self.use_reinforce
         with set_exploration_type(ExplorationType.RANDOM):
@@ -886,17 +887,20 @@ class DreamerV3ActorLoss(LossModule):
                 state, belief = out[k.state], out[k.belief]
                 steps["state"].append(state), steps["belief"].append(belief), steps["action"].append(action)
                 for key in param_keys:
-                    steps[key].append(acted[key])
+                    params[key].append(acted[key])
                 if parts["reward"] is None:
                     steps["reward"].append(out[k.reward])
-        return {name: torch.stack(values, 1) for name, values in steps.items() if values}
+        traj = {name: torch.stack(values, 1) for name, values in steps.items() if values}
+        if params:
+            traj["actor_params"] = {key: torch.stack(values, 1) for key, values in params.items()}
+        return traj
 
     def _policy_dist(self, traj: dict, root_state: torch.Tensor, root_belief: torch.Tensor):
         """The actor's distribution over the ``[N, H]`` rows, from the parameters imagination computed
         (on the same stop-gradient latents) or, for other actors, from a new call; and those parameters."""
         program = self._parts["actor_program"]
         if program is not None:
-            params = {key: traj[key] for key in program[-1].in_keys}
+            params = traj["actor_params"]
             return program[-1].get_dist(params), params
         k = self.tensor_keys
         td = TensorDict({k.state: root_state.detach(), k.belief: root_belief.detach()}, root_state.shape[:-1])
@@ -966,7 +970,7 @@ class DreamerV3ActorLoss(LossModule):
                 ("next", k.terminated): torch.zeros(N, H, 1, dtype=torch.bool, device=s0.device),
                 "lambda_target": lambda_target.detach(), k.discount_weight: discount}
         for key, value in actor_env.items():  # the actor's loc/scale (or logits), as TorchRL's rollout keeps them
-            fake[key] = value.detach()
+            fake.setdefault(key, value.detach())
         if self._writes_log_prob():
             fake[self._log_prob_key()] = dist.log_prob(action.detach()).detach()
         if continuation is not None:
