@@ -613,3 +613,38 @@ def test_whole_objective_matches_torchrl_and_replay_value_trains_the_representat
     assert posterior.head.weight.grad.abs().sum() > 0  # the replay value reaches the representation
     with pytest.raises(ValueError, match="detach_output=False"):
         DreamerV3Loss(DreamerV3ModelLoss(ours.model_loss.world_model), ours.actor_loss, ours.value_loss)
+
+
+def test_imagination_with_our_v3_prior_matches_torchrl_with_its_prior():
+    """Our loss over our RSSMPriorV3 against TorchRL's loss over TorchRL's, same weights and seed."""
+    from torchrl.modules import RSSMPriorV3 as TorchRLPriorV3
+
+    from torchrl_rssm.modules import RSSMPriorV3
+
+    def env_with(prior_cls, weights=None):
+        torch.manual_seed(0)
+        prior = prior_cls(action_shape=(A,), hidden_dim=16, rnn_hidden_dim=D, num_categoricals=2, num_classes=4,
+                          action_dim=A, recurrent_model="block_gru", num_blocks=2, unimix=0.01)
+        if weights is not None:
+            prior.load_state_dict(weights)
+        env, _ = _env()
+        env.world_model.module[0].module = prior
+        return env, prior
+
+    theirs_env, their_prior = env_with(TorchRLPriorV3)
+    ours_env, _ = env_with(RSSMPriorV3, their_prior.state_dict())
+    actor, value = _actor(), _value()
+    cont = Mod(_Cat(nn.Sequential(nn.Linear(S + D, 1), nn.Sigmoid())), ["state", "belief"], ["continuation"])
+    kw = {"continuation_model": cont, "imagination_horizon": 4, "entropy_bonus": 0.0}
+    ours = DreamerV3ActorLoss(actor, value, ours_env, **kw)
+    theirs = TorchRLActorLoss(actor, value, theirs_env, **kw)
+    for loss in (ours, theirs):
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=1.0, lmbda=0.95)
+    starts = _starts(5)
+    torch.manual_seed(3)
+    lo, fo = ours(starts)
+    torch.manual_seed(3)
+    lt, ft = theirs(starts)
+    for key in (("next", "state"), ("next", "belief"), "lambda_target", "discount_weight"):
+        torch.testing.assert_close(fo[key], ft[key])
+    torch.testing.assert_close(lo["loss_actor"], lt["loss_actor"])
