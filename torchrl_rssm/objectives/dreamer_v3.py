@@ -62,6 +62,7 @@ from torchrl.objectives.value.functional import (
     vec_td_lambda_return_estimate,
 )
 
+from ..interop import _leaves
 from ..modules.rssm_v3 import unimix_probs
 from ..modules.two_hot import (
     DEFAULT_NUM_BINS,
@@ -72,6 +73,7 @@ from ..modules.two_hot import (
     two_hot_decode,
     two_hot_encode,
 )
+from .dreamer import _held_out
 
 __all__ = [
     "DreamerV3ActorLoss",
@@ -472,12 +474,6 @@ class DreamerV3ModelLoss(LossModule):
 
 # ------------------------------------------------------------------ tensor programs
 # A TensorDictModule tree run on a dict of tensors: the imagination loop needs no tensordict.
-def _leaves(module) -> list:
-    if isinstance(module, TensorDictSequential):
-        return [leaf for m in module.module for leaf in _leaves(m)]
-    return [module]
-
-
 def _program(module) -> list | None:
     """The plain ``TensorDictModule`` / probabilistic leaves of ``module`` in order, or None if it has others."""
     if module is None:
@@ -541,20 +537,6 @@ def _call(module, program, env: dict, batch: torch.Size) -> dict:
         return _run(program, dict(env))
     td = module(TensorDict(dict(env), batch))
     return {key: td.get(key) for key in td.keys(True, True)}
-
-
-@contextlib.contextmanager
-def _held_out(*modules):
-    """Parameters of ``modules`` do not require grad inside; each flag is restored as it was."""
-    params = [p for m in modules if m is not None for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 def _lambda_return(reward, value, continuation, gamma: float, lmbda: float) -> torch.Tensor:
