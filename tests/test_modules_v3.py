@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import pickle
 
 import pytest
 import torch
@@ -393,3 +394,52 @@ def test_bad_input_is_named():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.slow
+def test_compiled_step_core_gives_the_eager_rollout():
+    prior, post = make_pair("block_gru", unimix=0.01)
+    rollout = RSSMRolloutV3(prior, post)
+    td = sequence(batch=(2,), T=3)
+    td["is_init"][:, 1] = True
+    uniform = torch.rand(3, 2, 2, C)
+    eager = rollout.observe(td["next", "encoded_latents"], td["action"], td["is_init"], uniform=uniform)
+    rollout.compile_rollout("step")
+    compiled = rollout.observe(td["next", "encoded_latents"], td["action"], td["is_init"], uniform=uniform)
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-5)
+    copy = pickle.loads(pickle.dumps(rollout))  # a compiled step does not pickle: the copy is eager
+    assert copy._filter_step is rssm_v3.filter_step
+    with pytest.raises(ValueError, match="unroll only applies when scope='scan'"):
+        rollout.compile_rollout("step", unroll=2)
+
+
+def test_torchrl_state_estimator_runs_on_our_prior_and_posterior():
+    prior, post = make_pair("block_gru")
+    estimator = trl.RSSMStateEstimatorV3(prior, post)
+    td = TensorDict({"state": torch.randn(4, C * K), "belief": torch.randn(4, D), "previous_action": torch.randn(4, A),
+                     "encoded_latents": torch.randn(4, E), "is_init": torch.tensor([True, False, True, False])}, [4])
+    out = estimator(td.clone())
+    # a reset row is the transition from the zero latent and zero action, then the posterior
+    belief = prior.transition(torch.zeros(C * K), torch.zeros(D), torch.zeros(A))
+    torch.testing.assert_close(out["belief"][0], belief)
+    torch.testing.assert_close(out["belief"][1], prior.transition(td["state"][1], td["belief"][1],
+                                                                  td["previous_action"][1]))
+    assert torch.equal(out["state"].reshape(4, C, K).sum(-1), torch.ones(4, C))
+
+
+def test_dense_and_blocked_block_gru_layouts_compute_the_same(monkeypatch):
+    prior, _ = make_pair("block_gru")
+    state, belief, action = torch.randn(2, 3, C * K), torch.randn(2, 3, D), torch.randn(2, 3, A)
+    weights, act_in = prior.project_action(action)
+    assert weights[0] == "dense"  # D = 8 is small
+    dense = prior.transition_projected(state, belief, act_in, weights)
+    monkeypatch.setattr(rssm_v3, "DENSE_MAX_BELIEF", 0)
+    weights, act_in = prior.project_action(action)
+    assert weights[0] == "block"
+    torch.testing.assert_close(prior.transition_projected(state, belief, act_in, weights), dense)
+    # and TorchRL's core on the same weights, for the blocked layout too
+    theirs = trl.RSSMPriorV3(action_shape=(A,), hidden_dim=H, rnn_hidden_dim=D, num_categoricals=C, num_classes=K,
+                             action_dim=A, recurrent_model="block_gru", num_blocks=2)
+    theirs.load_state_dict(prior.state_dict())
+    torch.testing.assert_close(prior.transition(state, belief, action), theirs._update_belief(state, belief, action))

@@ -42,6 +42,10 @@ __all__ = ["RSSMPosteriorV3", "RSSMPriorV3", "RSSMRolloutV3", "filter_step", "im
 
 Latent = dict[str, torch.Tensor]
 
+# Below this belief size the block GRU steps on dense (block-diagonal) weights: a few larger matmuls
+# cost less than many tiny ones there; above it, the blocks save G times the arithmetic.
+DENSE_MAX_BELIEF = 64
+
 
 def _check_unimix(unimix: float) -> float:
     if not 0 <= unimix < 1:
@@ -87,7 +91,8 @@ def straight_through_categorical(logits: torch.Tensor, unimix: float = 0.0,
     """
     probs = unimix_probs(logits, unimix)
     if uniform is None:
-        uniform = torch.rand(probs.shape[:-1], device=probs.device, dtype=probs.dtype)
+        # float32 uniforms whatever the logits' dtype: a bf16 uniform has only 256 levels
+        uniform = torch.rand(probs.shape[:-1], device=probs.device)
     index = (uniform.unsqueeze(-1) > probs.cumsum(-1)).sum(-1).clamp_max(probs.shape[-1] - 1)
     one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     return probs + (one_hot - probs).detach()
@@ -153,23 +158,36 @@ class _BlockGRU(nn.Module):
         # shared inputs: [2H or H, G * D/G] so that one matmul serves every block
         return w_belief, w_feat.transpose(0, 1).flatten(1), w_action.transpose(0, 1).flatten(1)
 
-    def project_action(self, action: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``(weights, act_in)``: the action's share of the first block layer (its bias included), ``[..., D]``."""
+    def project_action(self, action: torch.Tensor) -> tuple[tuple, torch.Tensor]:
+        """``(weights, act_in)``: the action's share of the first block layer (its bias included), ``[..., D]``.
+
+        ``weights`` are the recurrent weights as :meth:`step` uses them, prepared once per
+        loop: for a small belief (``<= DENSE_MAX_BELIEF``) the block-diagonal matrices are
+        laid out densely, so that a step is a few large matmuls instead of many tiny ones
+        (the per-op overhead dominates there); otherwise they stay in blocks.
+        """
         w_belief, w_feat, w_action = self._first_weights()
         # actions are scaled into [-1, 1] by their own magnitude (no gradient through the scale)
         action = action / action.detach().abs().clamp_min(1)
         act_in = self.action_projection(action) @ w_action.to(action.dtype) + self.hidden_layers[0].bias
-        return (w_belief, w_feat), act_in
+        if self.belief_dim <= DENSE_MAX_BELIEF:
+            w_first = torch.cat([torch.block_diag(*w_belief.unbind(0)), w_feat], 0)  # [D + 2H, D]
+            return ("dense", w_first, torch.block_diag(*self.gates.weight.unbind(0))), act_in  # gates [D, 3D]
+        return ("block", w_belief, w_feat), act_in
 
     def step(self, state: torch.Tensor, belief: torch.Tensor, act_in: torch.Tensor, weights) -> torch.Tensor:
-        w_belief, w_feat = weights
+        layout, w_first, w_other = weights
         G = self.num_blocks
         feat = torch.cat([self.belief_projection(belief), self.state_projection(state)], -1)
-        x = torch.einsum("...gi,gio->...go", belief.unflatten(-1, (G, -1)), w_belief).flatten(-2)
-        x = x + feat @ w_feat + act_in
+        if layout == "dense":
+            x = torch.cat([belief, feat], -1) @ w_first + act_in
+        else:
+            x = torch.einsum("...gi,gio->...go", belief.unflatten(-1, (G, -1)), w_first).flatten(-2)
+            x = x + feat @ w_other + act_in
         for layer in self.hidden_layers[1:]:
             x = layer(x)
-        reset, cand, update = self.gates(x).unflatten(-1, (G, 3, -1)).unbind(-2)
+        gates = x @ w_other + self.gates.bias if layout == "dense" else self.gates(x)
+        reset, cand, update = gates.unflatten(-1, (G, 3, -1)).unbind(-2)
         reset = torch.sigmoid(reset.flatten(-2))
         cand = torch.tanh(reset * cand.flatten(-2))
         update = torch.sigmoid(update.flatten(-2) - 1.0)
@@ -511,6 +529,36 @@ class RSSMRolloutV3(TensorDictModuleBase):
         self._out = {"prior_logits": prior_out[0], "belief": prior_out[2], "posterior_logits": post_out[0],
                      "state": post_out[1]}
         self._fast = isinstance(self.prior, RSSMPriorV3) and isinstance(self.posterior, RSSMPosteriorV3)
+        self._filter_step, self._imagine_step = filter_step, imagine_step
+
+    def compile_rollout(self, scope: Literal["step", "scan"] = "step", *, unroll: int = 1, compile: bool = True,
+                        **compile_kwargs) -> None:
+        """Compile the step core (:func:`filter_step`, :func:`imagine_step`) with :func:`torch.compile`.
+
+        TorchRL's signature. The time loop already runs on tensors, so both scopes compile
+        the step and the loop stays in Python (``unroll`` must be 1 with ``"step"``, as in
+        TorchRL, and is otherwise ignored). ``compile=False`` restores the eager step.
+        ``dynamic`` defaults to ``False``. Needs this package's prior and posterior.
+        """
+        if not self._fast:
+            raise RuntimeError("compile_rollout() needs RSSMPriorV3 and RSSMPosteriorV3 from torchrl_rssm.modules.")
+        if scope not in ("step", "scan"):
+            raise ValueError(f"compile_rollout: scope must be 'step' or 'scan', got {scope!r}.")
+        if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+            raise ValueError(f"compile_rollout: unroll must be a positive int, got {unroll!r}.")
+        if scope == "step" and unroll != 1:
+            raise ValueError("compile_rollout: unroll only applies when scope='scan'.")
+        compile_kwargs.setdefault("dynamic", False)
+        self._filter_step, self._imagine_step = filter_step, imagine_step
+        if compile:
+            self._filter_step = torch.compile(filter_step, **compile_kwargs)
+            self._imagine_step = torch.compile(imagine_step, **compile_kwargs)
+
+    def __getstate__(self) -> dict:
+        # a compiled callable does not pickle: the copy starts eager
+        state = super().__getstate__()
+        state["_filter_step"], state["_imagine_step"] = filter_step, imagine_step
+        return state
 
     # properties, not attributes: a second registration would duplicate the parameters in state_dict
     @property
@@ -587,8 +635,8 @@ class RSSMRolloutV3(TensorDictModuleBase):
         for keep_t, act_t, emb_t, u_t in zip(keep.unbind(0), act_in.unbind(0), emb_in.unbind(0),
                                              post_uniform.unbind(0)):
             in_states.append(state * keep_t), in_beliefs.append(belief * keep_t)
-            state, belief, logits = filter_step(self.prior, self.posterior, state, belief, keep_t, act_t,
-                                                prior_weights, emb_t, post_weights, u_t)
+            state, belief, logits = self._filter_step(self.prior, self.posterior, state, belief, keep_t, act_t,
+                                                      prior_weights, emb_t, post_weights, u_t)
             states.append(state), beliefs.append(belief), post_logits.append(logits)
         belief_seq = torch.stack(beliefs)
         out = {"state": torch.stack(states), "belief": belief_seq,
@@ -657,7 +705,7 @@ class RSSMRolloutV3(TensorDictModuleBase):
                 if self._fast:
                     prior_weights, act_t = self.prior.project_action(a)
             if self._fast:
-                state, belief, logits = imagine_step(self.prior, state, belief, act_t, prior_weights, u[t])
+                state, belief, logits = self._imagine_step(self.prior, state, belief, act_t, prior_weights, u[t])
             else:
                 logits, state, belief = self.prior(state, belief, a)
             states.append(state), beliefs.append(belief), logits_seq.append(logits)
