@@ -648,3 +648,34 @@ def test_imagination_with_our_v3_prior_matches_torchrl_with_its_prior():
     for key in (("next", "state"), ("next", "belief"), "lambda_target", "discount_weight"):
         torch.testing.assert_close(fo[key], ft[key])
     torch.testing.assert_close(lo["loss_actor"], lt["loss_actor"])
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("use_reinforce", [False, True])
+def test_paper_losses_on_this_package_v3_heads_and_actors(discrete, use_reinforce):
+    from torchrl_rssm.modules import (DreamerV3BoundedNormalActor, DreamerV3ContinuationHead, DreamerV3DiscreteActor,
+                                      DreamerV3RewardHead, DreamerV3ValueHead, RSSMPriorV3)
+
+    torch.manual_seed(0)
+    prior = RSSMPriorV3(action_shape=(A,), hidden_dim=16, rnn_hidden_dim=D, num_categoricals=2, num_classes=4,
+                        action_dim=A, unimix=0.01)
+    reward = Mod(DreamerV3RewardHead(S + D, depth=1, num_cells=16), ["state", "belief"], ["reward_logits", "reward"])
+    env = DreamerEnv(WorldModelWrapper(Mod(prior, ["state", "belief", "action"], ["_", "state", "belief"]), reward),
+                     prior_shape=(S,), belief_shape=(D,))
+    actor = (DreamerV3DiscreteActor(S + D, A, depth=1, num_cells=16) if discrete
+             else DreamerV3BoundedNormalActor(S + D, Bounded(-1.0, 1.0, (A,)), depth=1, num_cells=16))
+    value = Mod(DreamerV3ValueHead(S + D, depth=1, num_cells=16), ["state", "belief"],
+                ["state_value_logits", "state_value"])
+    cont = Mod(DreamerV3ContinuationHead(S + D, num_cells=16), ["state", "belief"], ["continue_pred", "continuation"])
+    actor_loss = DreamerV3ActorLoss.from_paper(actor, value, env, continuation_model=cont, imagination_horizon=3,
+                                               use_reinforce=use_reinforce)
+    value_loss = DreamerV3ValueLoss.from_paper(value, actor_loss=actor_loss)
+    SoftUpdate(value_loss, tau=0.02)
+    assert actor_loss._parts["actor_program"] is not None  # the actor runs on tensors
+    losses, fake = actor_loss(_starts(3, 2))
+    assert fake.batch_size == (3, 2, 3) and torch.isfinite(fake["lambda_target"]).all()
+    losses["loss_actor"].backward()
+    assert sum(p.grad.abs().sum() for p in actor.parameters() if p.grad is not None) > 0
+    assert _all_grads_none(env) and _all_grads_none(value) and _all_grads_none(cont)
+    value_loss(fake)[0]["loss_value"].backward()
+    assert any(p.grad is not None for p in value.parameters())
