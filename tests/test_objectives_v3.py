@@ -653,8 +653,14 @@ def test_imagination_with_our_v3_prior_matches_torchrl_with_its_prior():
 @pytest.mark.parametrize("discrete", [False, True])
 @pytest.mark.parametrize("use_reinforce", [False, True])
 def test_paper_losses_on_this_package_v3_heads_and_actors(discrete, use_reinforce):
-    from torchrl_rssm.modules import (DreamerV3BoundedNormalActor, DreamerV3ContinuationHead, DreamerV3DiscreteActor,
-                                      DreamerV3RewardHead, DreamerV3ValueHead, RSSMPriorV3)
+    from torchrl_rssm.modules import (
+        DreamerV3BoundedNormalActor,
+        DreamerV3ContinuationHead,
+        DreamerV3DiscreteActor,
+        DreamerV3RewardHead,
+        DreamerV3ValueHead,
+        RSSMPriorV3,
+    )
 
     torch.manual_seed(0)
     prior = RSSMPriorV3(action_shape=(A,), hidden_dim=16, rnn_hidden_dim=D, num_categoricals=2, num_classes=4,
