@@ -63,8 +63,10 @@ class Check:
         >>> check = Check(int, low=1, high="num_candidates")
         >>> check.describe(preset("tiny"))
         'an integer in [1, num_candidates=16]'
-        >>> check.error("top_k", 20, preset("tiny"))
-        "top_k=20: expected an integer in [1, num_candidates=16]."
+        >>> check.check("top_k", 20, preset("tiny"))
+        Traceback (most recent call last):
+        ...
+        ValueError: top_k=20: expected an integer in [1, num_candidates=16].
     """
 
     kind: type
