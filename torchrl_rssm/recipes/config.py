@@ -277,7 +277,7 @@ class Training:
     adam_eps: float = _field(1e-4, _num(above=0), "Adam epsilon (all optimisers)")
     grad_clip: float = _field(1000.0, _num(above=0), "gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)")
     batch_size: int = _field(50, _int(1), "chunks per update (B)")
-    chunk_length: int = _field(50, _int(1, "max_episode_steps"),
+    chunk_length: int = _field(50, _int(1),
                                "steps per chunk (L); episodes shorter than this cannot be trained on")
     exploration_noise: float = _field(0.3, _num(0), "std of the Gaussian noise added to actions while collecting")
 
