@@ -22,7 +22,11 @@ The other sections (:class:`Training`, :class:`Schedule`, :class:`Replay`,
 :class:`Collection`, :class:`Run`) are read by the trainer. An agent's own section
 (:data:`AGENT_SECTIONS`) belongs to that agent alone: a preset or ``--set`` of one agent
 cannot set another's fields, and a run's saved configuration holds only its agent's section.
-Each field's help text is its ``metadata["help"]`` (``torchrl-rssm presets``, ``--help``).
+Each field's help text is its ``metadata["help"]`` (``torchrl-rssm presets``, ``--help``), and what
+it accepts its ``metadata["check"]`` (a :class:`Check`: type, range or choices): ``--set`` text is
+read by it, and :meth:`RunConfig.validate` refuses a wrong type, an out-of-range value or an empty
+string in one line naming the field, before a run builds anything. A section declares its fields
+with ``_field(default, check, help)``; a field without a check is still checked by its type hint.
 """
 from __future__ import annotations
 
