@@ -438,6 +438,16 @@ class RunConfig(Run, Collection, Replay, Schedule, Dreamer, PlaNet, Training, Mo
 
         Raises:
             ValueError: one line naming the first bad field and what it expects.
+
+        Examples:
+            >>> cfg = preset("tiny"); cfg.gamma = 1.5  # a Dreamer field: not checked in a PlaNet run
+            >>> cfg.validate().algo
+            'planet'
+            >>> cfg.top_k = 17
+            >>> cfg.validate()
+            Traceback (most recent call last):
+            ...
+            ValueError: top_k=17: expected an integer in [1, num_candidates=16].
         """
         checks = field_checks(type(self))
         for name in self.to_dict():  # the other agents' fields are not this run's
@@ -470,6 +480,17 @@ def field_checks(kind: type) -> dict[str, Check]:
 
     Every field of every section is checked, a new section's too: a field without its own
     ``check`` gets its type's (any integer, any finite number, a non-empty string...).
+
+    Examples:
+        >>> field_checks(RunConfig)["gamma"].describe()
+        'a finite number in [0, 1]'
+        >>> @dataclass
+        ... class Extra:
+        ...     steps: int | None = None
+        >>> field_checks(Extra)["steps"].parse("steps", "many")
+        Traceback (most recent call last):
+        ...
+        ValueError: steps='many': expected an integer or None.
     """
     out = {}
     for f in fields(kind):
