@@ -26,7 +26,7 @@ Each field's help text is its ``metadata["help"]`` (``torchrl-rssm presets``, ``
 it accepts its ``metadata["check"]`` (a :class:`Check`: type, range or choices): ``--set`` text is
 read by it, and :meth:`RunConfig.validate` refuses a wrong type, an out-of-range value or an empty
 string in one line naming the field, before a run builds anything. A section declares its fields
-with ``_field(default, check, help)``; a field without a check is still checked by its type hint.
+with ``_field(default, help, check)``; a field without a check is still checked by its type hint.
 """
 from __future__ import annotations
 
@@ -219,8 +219,11 @@ _FLAG = Check(bool)
 _DEVICE = _text("a torch device: cpu, cuda or cuda:N", test=_torch_device)
 
 
-def _field(default: Any, check: Check, help: str) -> Any:
-    """A dataclass field with what it accepts (``metadata["check"]``) and its one-line documentation."""
+def _field(default: Any, help: str, check: Check | None = None) -> Any:
+    """A dataclass field with its one-line documentation and what it accepts (``metadata["help"]``, ``["check"]``).
+
+    Without ``check`` the field is checked by its type hint alone (:func:`field_checks`).
+    """
     return field(default=default, metadata={"help": help, "check": check})
 
 
@@ -228,179 +231,165 @@ def _field(default: Any, check: Check, help: str) -> Any:
 class Env:
     """The task (feeds :func:`~torchrl_rssm.envs.make_env`; ``env`` is its ``name``)."""
 
-    env: str = _field("dmc:cartpole-swingup", _text("a task name: dmc:<domain>-<task> or gym:<id>", test=_task_name),
-                      "task: dmc:<domain>-<task> or gym:<id>")
-    from_pixels: bool = _field(True, _FLAG, "observe 64x64 images (else the state vector)")
-    action_repeat: int | None = _field(None, _int(1, optional=True),
-                                       "env steps per agent step; None: the paper's value for its DMC domains, else 1")
-    max_episode_steps: int | None = _field(None, _int(1, optional=True),
-                                           "agent steps per episode; None: the task's limit (DMC: 1000 env steps / "
-                                           "action_repeat)")
-    bit_depth: int = _field(5, _int(1, 8), "bits kept per pixel channel")
-    image_size: int = _field(64, _int(min_image_size(4)),
-                             "side of the square images the model sees (rendered, or the env's own images resized)")
-    grayscale: bool = _field(False, _FLAG, "observe one-channel images instead of RGB")
-    env_kwargs: dict | None = _field(None, _json(optional=True),
-                                     "keyword arguments for the environment's constructor, as JSON: --set "
-                                     "'env_kwargs={\"continuous\": false}'")
+    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task> or gym:<id>",
+                                              _text("a task name: dmc:<domain>-<task> or gym:<id>", test=_task_name))
+    from_pixels: bool = _field(True, "observe 64x64 images (else the state vector)", _FLAG)
+    action_repeat: int | None = _field(None, "env steps per agent step; None: the paper's value for its DMC domains, "
+                                             "else 1", _int(1, optional=True))
+    max_episode_steps: int | None = _field(None, "agent steps per episode; None: the task's limit (DMC: 1000 env steps "
+                                                 "/ action_repeat)", _int(1, optional=True))
+    bit_depth: int = _field(5, "bits kept per pixel channel", _int(1, 8))
+    image_size: int = _field(64, "side of the square images the model sees (rendered, or the env's own images resized)",
+                                 _int(min_image_size(4)))
+    grayscale: bool = _field(False, "observe one-channel images instead of RGB", _FLAG)
+    env_kwargs: dict | None = _field(None, "keyword arguments for the environment's constructor, as JSON: --set "
+                                           "'env_kwargs={\"continuous\": false}'", _json(optional=True))
 
 
 @dataclass
 class WorldModel:
     """The RSSM world model (feeds :func:`~torchrl_rssm.modules.make_world_model`)."""
 
-    state_dim: int = _field(30, _int(1), "stochastic latent size")
-    belief_dim: int = _field(200, _int(1), "deterministic (GRU) latent size")
-    hidden_dim: int = _field(200, _int(1), "hidden units of the RSSM's MLPs and heads")
-    embed_dim: int = _field(200, _int(1),
-                            "observation embedding size (vector observations only; pixels: 1024 from the conv stack)")
-    channels: int = _field(32, _int(1),
-                           "pixels: channels of the encoder's first conv (doubling per layer; PlaNet 32), the decoder "
-                           "likewise")
-    min_std: float = _field(0.1, _num(0), "lower bound on the latent's standard deviation")
-    compile_step: bool = _field(False, _FLAG, "torch.compile the RSSM step")
+    state_dim: int = _field(30, "stochastic latent size", _int(1))
+    belief_dim: int = _field(200, "deterministic (GRU) latent size", _int(1))
+    hidden_dim: int = _field(200, "hidden units of the RSSM's MLPs and heads", _int(1))
+    embed_dim: int = _field(200, "observation embedding size (vector observations only; pixels: 1024 from the conv "
+                                 "stack)", _int(1))
+    channels: int = _field(32, "pixels: channels of the encoder's first conv (doubling per layer; PlaNet 32), the "
+                               "decoder likewise", _int(1))
+    min_std: float = _field(0.1, "lower bound on the latent's standard deviation", _num(0))
+    compile_step: bool = _field(False, "torch.compile the RSSM step", _FLAG)
 
 
 @dataclass
 class ModelLoss:
     """The world model's loss (feeds :class:`~torchrl_rssm.objectives.RSSMLoss`)."""
 
-    free_nats: float = _field(3.0, _num(0), "KL below this many nats is not penalised")
-    kl_balance: float | None = _field(None, _num(0, 1, optional=True), "KL balancing weight (None: plain KL)")
-    overshooting_distance: int = _field(1, _int(1), "latent overshooting distance (1: none)")
-    overshooting_weight: float = _field(1.0, _num(0), "weight of the overshooting KL terms")
-    lambda_reward: float = _field(1.0, _num(0),
-                                  "weight of the reward log-likelihood (the official PlaNet code uses 10)")
+    free_nats: float = _field(3.0, "KL below this many nats is not penalised", _num(0))
+    kl_balance: float | None = _field(None, "KL balancing weight (None: plain KL)", _num(0, 1, optional=True))
+    overshooting_distance: int = _field(1, "latent overshooting distance (1: none)", _int(1))
+    overshooting_weight: float = _field(1.0, "weight of the overshooting KL terms", _num(0))
+    lambda_reward: float = _field(1.0, "weight of the reward log-likelihood (the official PlaNet code uses 10)",
+                                       _num(0))
 
 
 @dataclass
 class Training:
     """Optimisation and acting settings every agent shares."""
 
-    model_lr: float = _field(1e-3, _num(above=0), "world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)")
-    adam_eps: float = _field(1e-4, _num(above=0), "Adam epsilon (all optimisers)")
-    grad_clip: float = _field(1000.0, _num(above=0), "gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)")
-    batch_size: int = _field(50, _int(1), "chunks per update (B)")
-    chunk_length: int = _field(50, _int(1),
-                               "steps per chunk (L); episodes shorter than this cannot be trained on")
-    exploration_noise: float = _field(0.3, _num(0), "std of the Gaussian noise added to actions while collecting")
+    model_lr: float = _field(1e-3, "world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)", _num(above=0))
+    adam_eps: float = _field(1e-4, "Adam epsilon (all optimisers)", _num(above=0))
+    grad_clip: float = _field(1000.0, "gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)", _num(above=0))
+    batch_size: int = _field(50, "chunks per update (B)", _int(1))
+    chunk_length: int = _field(50, "steps per chunk (L); episodes shorter than this cannot be trained on", _int(1))
+    exploration_noise: float = _field(0.3, "std of the Gaussian noise added to actions while collecting", _num(0))
 
 
 @dataclass
 class Planning:
     """The planner's search (feeds :class:`~torchrl_rssm.planners.CEMPlanner` and ``MPPIPlanner``)."""
 
-    planning_horizon: int = _field(12, _int(1), "H: planning horizon")
-    optim_steps: int = _field(10, _int(1), "I: optimisation iterations per action")
-    num_candidates: int = _field(1000, _int(1), "J: candidate action sequences")
-    top_k: int = _field(100, _int(1, "num_candidates"), "K: elites refitted per iteration")
+    planning_horizon: int = _field(12, "H: planning horizon", _int(1))
+    optim_steps: int = _field(10, "I: optimisation iterations per action", _int(1))
+    num_candidates: int = _field(1000, "J: candidate action sequences", _int(1))
+    top_k: int = _field(100, "K: elites refitted per iteration", _int(1, "num_candidates"))
 
 
 @dataclass
 class PlaNet(Planning):
     """PlaNet's own fields: the planner and its search."""
 
-    planner: str = _field("cem", _one_of("cem", "mppi"), "PlaNet: \"cem\" or \"mppi\"")
-    temperature: float = _field(1.0, _num(above=0), "PlaNet: MPPI's temperature (planner=\"mppi\")")
+    planner: str = _field("cem", "PlaNet: \"cem\" or \"mppi\"", _one_of("cem", "mppi"))
+    temperature: float = _field(1.0, "PlaNet: MPPI's temperature (planner=\"mppi\")", _num(above=0))
 
 
 @dataclass
 class Imagination:
     """Dreamer's imagined trajectories (feeds :class:`~torchrl_rssm.objectives.DreamerActorLoss`)."""
 
-    imagination_horizon: int = _field(15, _int(1), "Dreamer: imagined steps per start state")
-    time_reduction: str = _field("mean", _one_of("mean", "sum"),
-                                 "Dreamer: \"mean\" over imagined steps and starts (the paper's losses, for its clip of "
-                                 "100) or \"sum\" over steps (TorchRL's)")
+    imagination_horizon: int = _field(15, "Dreamer: imagined steps per start state", _int(1))
+    time_reduction: str = _field("mean", "Dreamer: \"mean\" over imagined steps and starts (the paper's losses, for its "
+                                         "clip of 100) or \"sum\" over steps (TorchRL's)", _one_of("mean", "sum"))
 
 
 @dataclass
 class Returns:
     """Dreamer's lambda-returns (feeds ``DreamerActorLoss.make_value_estimator``)."""
 
-    gamma: float = _field(0.99, _num(0, 1), "Dreamer: discount")
-    lmbda: float = _field(0.95, _num(0, 1), "Dreamer: lambda of the lambda-returns")
+    gamma: float = _field(0.99, "Dreamer: discount", _num(0, 1))
+    lmbda: float = _field(0.95, "Dreamer: lambda of the lambda-returns", _num(0, 1))
 
 
 @dataclass
 class Dreamer(Imagination, Returns):
     """Dreamer's own fields: imagination, returns, the actor and value heads and their learning rates."""
 
-    actor_lr: float = _field(8e-5, _num(above=0), "Dreamer: actor learning rate")
-    value_lr: float = _field(8e-5, _num(above=0), "Dreamer: value learning rate")
-    actor_hidden_dim: int = _field(400, _int(1), "Dreamer: actor hidden units")
-    value_hidden_dim: int = _field(400, _int(1), "Dreamer: value hidden units")
+    actor_lr: float = _field(8e-5, "Dreamer: actor learning rate", _num(above=0))
+    value_lr: float = _field(8e-5, "Dreamer: value learning rate", _num(above=0))
+    actor_hidden_dim: int = _field(400, "Dreamer: actor hidden units", _int(1))
+    value_hidden_dim: int = _field(400, "Dreamer: value hidden units", _int(1))
 
 
 @dataclass
 class Schedule:
     """When the trainer collects, updates, tests and saves (episodes count the collected ones)."""
 
-    seed_episodes: int = _field(5, _int(0), "S: random episodes before training")
-    episodes: int = _field(1000, _int(0), "agent episodes, collected after the seed episodes")
-    updates_per_episode: int = _field(100, _int(0),
-                                      "C: gradient steps before each collected episode (when train_ratio is None)")
-    train_ratio: float | None = _field(None, _num(0, optional=True),
-                                       "model updates per collected agent step (one stored transition); None: "
-                                       "updates_per_episode per episode")
-    test_every: int = _field(25, _int(0),
-                             "collected episodes (seed episodes included) between test runs (also one at the end; 0: "
-                             "never)")
-    test_episodes: int = _field(5, _int(1), "noise-free test episodes, run as one batch")
-    checkpoint_every: int = _field(10, _int(0), "collected episodes between checkpoints (one is also written at exit)")
-    video_every: int = _field(50, _int(0),
-                              "collected episodes between reconstruction images / open-loop predictions in TensorBoard"
-                              " (0: never)")
+    seed_episodes: int = _field(5, "S: random episodes before training", _int(0))
+    episodes: int = _field(1000, "agent episodes, collected after the seed episodes", _int(0))
+    updates_per_episode: int = _field(100, "C: gradient steps before each collected episode (when train_ratio is None)",
+                                           _int(0))
+    train_ratio: float | None = _field(None, "model updates per collected agent step (one stored transition); None: "
+                                             "updates_per_episode per episode", _num(0, optional=True))
+    test_every: int = _field(25, "collected episodes (seed episodes included) between test runs (also one at the end; "
+                                 "0: never)", _int(0))
+    test_episodes: int = _field(5, "noise-free test episodes, run as one batch", _int(1))
+    checkpoint_every: int = _field(10, "collected episodes between checkpoints (one is also written at exit)", _int(0))
+    video_every: int = _field(50, "collected episodes between reconstruction images / open-loop predictions in "
+                                  "TensorBoard (0: never)", _int(0))
 
 
 @dataclass
 class Replay:
     """The sequence replay buffer."""
 
-    buffer_capacity: int | None = _field(None, _int("chunk_length", optional=True),
-                                         "replay capacity in agent steps; None: sized from the run, (seed_episodes + "
-                                         "episodes) x episode steps, capped at 10^6")
-    buffer_device: str = _field("cpu", _DEVICE, "where the replay storage lives; sampled batches move to `device`")
-    buffer_on_disk: bool = _field(False, _FLAG, "LazyMemmapStorage under logdir instead of memory")
+    buffer_capacity: int | None = _field(None, "replay capacity in agent steps; None: sized from the run, "
+                                               "(seed_episodes + episodes) x episode steps, capped at 10^6",
+                                               _int("chunk_length", optional=True))
+    buffer_device: str = _field("cpu", "where the replay storage lives; sampled batches move to `device`", _DEVICE)
+    buffer_on_disk: bool = _field(False, "LazyMemmapStorage under logdir instead of memory", _FLAG)
 
 
 @dataclass
 class Collection:
     """How episodes are collected (see :mod:`torchrl_rssm.recipes.collection`)."""
 
-    num_envs: int = _field(1, _int(1),
-                           "environments stepped together as one batch (the policy acts on the whole batch in one "
-                           "call)")
-    env_backend: str = _field("serial", _one_of("serial", "parallel"),
-                              "how a batch of environments runs: \"serial\" (SerialEnv, one process) or \"parallel\" "
-                              "(ParallelEnv)")
-    collector: str = _field("sync", _one_of("sync", "async", "distributed"),
-                            "\"sync\": in the trainer's process; \"async\": TorchRL MultiAsyncCollector workers; "
-                            "\"distributed\": TorchRL DistributedCollector")
-    collector_workers: int = _field(2, _int(1),
-                                    "worker processes of the \"async\" / \"distributed\" collector (each steps num_envs "
-                                    "environments)")
-    distributed_port: int = _field(29517, _int(1, 65535),
-                                   "TCP port of the \"distributed\" collector's process group (TorchRL "
-                                   "DistributedCollector, launcher=\"mp\")")
+    num_envs: int = _field(1, "environments stepped together as one batch (the policy acts on the whole batch in one "
+                              "call)", _int(1))
+    env_backend: str = _field("serial", "how a batch of environments runs: \"serial\" (SerialEnv, one process) or "
+                                        "\"parallel\" (ParallelEnv)", _one_of("serial", "parallel"))
+    collector: str = _field("sync", "\"sync\": in the trainer's process; \"async\": TorchRL MultiAsyncCollector workers; "
+                                    "\"distributed\": TorchRL DistributedCollector",
+                                    _one_of("sync", "async", "distributed"))
+    collector_workers: int = _field(2, "worker processes of the \"async\" / \"distributed\" collector (each steps num_envs "
+                                       "environments)", _int(1))
+    distributed_port: int = _field(29517, "TCP port of the \"distributed\" collector's process group (TorchRL "
+                                          "DistributedCollector, launcher=\"mp\")", _int(1, 65535))
 
 
 @dataclass
 class Run:
     """The run itself: agent, seed, device, output."""
 
-    algo: str = _field("planet", _one_of(lambda: tuple(AGENT_SECTIONS)),
-                       "agent: \"planet\" (world model + planner) or \"dreamer\" (world model + actor and value)")
-    seed: int = _field(0, _int(0, 2**31 - 1), "seeds python, numpy, torch and the envs")
-    device: str = _field("cpu", _DEVICE, "models and updates: cpu, cuda, cuda:N")
-    num_threads: int | None = _field(None, _int(1, optional=True),
-                                     "torch CPU threads (None: torch's default; small models gain nothing from a "
-                                     "second)")
-    nan_policy: str = _field("skip", _one_of("skip", "raise"),
-                             "\"skip\": skip an update whose batch holds NaN/inf, warn and count; \"raise\": stop with an "
-                             "error")
-    logdir: str = _field("runs/planet", _text("a folder path"), "TensorBoard logs, config.json and checkpoints")
-    progress: bool = _field(True, _FLAG, "progress bar on stderr (else a status line per test and per checkpoint)")
+    algo: str = _field("planet", "agent: \"planet\" (world model + planner) or \"dreamer\" (world model + actor and value)",
+                                 _one_of(lambda: tuple(AGENT_SECTIONS)))
+    seed: int = _field(0, "seeds python, numpy, torch and the envs", _int(0, 2**31 - 1))
+    device: str = _field("cpu", "models and updates: cpu, cuda, cuda:N", _DEVICE)
+    num_threads: int | None = _field(None, "torch CPU threads (None: torch's default; small models gain nothing from a "
+                                           "second)", _int(1, optional=True))
+    nan_policy: str = _field("skip", "\"skip\": skip an update whose batch holds NaN/inf, warn and count; \"raise\": stop "
+                                     "with an error", _one_of("skip", "raise"))
+    logdir: str = _field("runs/planet", "TensorBoard logs, config.json and checkpoints", _text("a folder path"))
+    progress: bool = _field(True, "progress bar on stderr (else a status line per test and per checkpoint)", _FLAG)
 
 
 #: Each agent's own section: its fields are set only in runs of that agent.
