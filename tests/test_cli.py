@@ -38,7 +38,7 @@ def test_override_errors_suggest_and_name_the_type():
         apply_overrides(preset("tiny"), ["batchsize=32"])
     with pytest.raises(ValueError, match="expected an integer"):
         apply_overrides(preset("tiny"), ["batch_size=3.5"])
-    with pytest.raises(ValueError, match="expected a number"):
+    with pytest.raises(ValueError, match="expected a finite number > 0"):
         apply_overrides(preset("tiny"), ["model_lr=fast"])
     with pytest.raises(ValueError, match="unknown field 'lr'. Did you mean"):
         apply_overrides(preset("tiny"), ["lr=3e-4"])

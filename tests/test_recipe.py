@@ -96,7 +96,7 @@ def test_unavailable_device_unknown_env_and_bad_overrides_are_named(tmp_path):
         Trainer(tiny(tmp_path, env="dmc:cartpol-swingup"))
     with pytest.raises(ValueError, match="unknown field 'learning_rate'"):
         apply_overrides(preset("tiny"), ["learning_rate=1"])
-    with pytest.raises(ValueError, match="expected a number"):
+    with pytest.raises(ValueError, match="expected a finite number"):
         apply_overrides(preset("tiny"), ["model_lr=fast"])
     assert main(["train", "--preset", "tiny", "--device", "cuda:99", "--logdir", str(tmp_path / "x")]) == 2
 

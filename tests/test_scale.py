@@ -172,9 +172,12 @@ def test_cli_num_envs_and_collector_flags():
     cfg, _ = train_config(args)
     assert (cfg.num_envs, cfg.collector, cfg.train_ratio) == (3, "async", 0.25)
     args = _parser().parse_args(["train", "--preset", "tiny", "--num-envs", "0"])
-    cfg, _ = train_config(args)
+    with pytest.raises(ValueError, match="num_envs=0: expected an integer >= 1"):
+        train_config(args)  # refused with the other fields, before anything is built
+    cfg = preset("tiny")
+    cfg.num_envs = 0
     with pytest.raises(ValueError, match="num_envs=0"):
-        check_layout(cfg)
+        check_layout(cfg)  # a Trainer built in code checks its layout too
 
 
 class _WatchedTrainer(Trainer):

@@ -199,6 +199,7 @@ def train_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
     apply_overrides(cfg, args.overrides)
     if args.seed is not None and not logdir_given:
         cfg.logdir = f"{cfg.logdir}-seed{cfg.seed}"
+    cfg.validate()  # every field, the flags' too, before anything is built or written
     if not args.resume:
         if not logdir_given:
             cfg.logdir = next_free_logdir(cfg.logdir)
@@ -211,7 +212,7 @@ def train_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
     for key in set(explicit) | set_keys:
         if key != "logdir":
             setattr(resumed, key, getattr(cfg, key))
-    return resumed, True
+    return resumed.validate(), True
 
 
 def _json_line(result: dict) -> str:

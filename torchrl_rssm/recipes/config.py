@@ -22,145 +22,330 @@ The other sections (:class:`Training`, :class:`Schedule`, :class:`Replay`,
 :class:`Collection`, :class:`Run`) are read by the trainer. An agent's own section
 (:data:`AGENT_SECTIONS`) belongs to that agent alone: a preset or ``--set`` of one agent
 cannot set another's fields, and a run's saved configuration holds only its agent's section.
-Each field's help text is its ``metadata["help"]`` (``torchrl-rssm presets``, ``--help``).
+Each field's help text is its ``metadata["help"]`` (``torchrl-rssm presets``, ``--help``), and what
+it accepts its ``metadata["check"]`` (a :class:`Check`: type, range or choices): ``--set`` text is
+read by it, and :meth:`RunConfig.validate` refuses a wrong type, an out-of-range value or an empty
+string in one line naming the field, before a run builds anything. A section declares its fields
+with ``_field(default, help, check)``; a field without a check is still checked by its type hint.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ..envs.factory import PAPER_TASKS
+from ..modules.encoders import min_image_size
 
-__all__ = ["AGENTS", "AGENT_SECTIONS", "FIELD_HELP", "PRESETS", "TASK_FIELDS", "Collection", "Dreamer", "Env",
+__all__ = ["AGENTS", "AGENT_SECTIONS", "FIELD_HELP", "PRESETS", "TASK_FIELDS", "Check", "Collection", "Dreamer", "Env",
            "Imagination", "ModelLoss", "PlaNet", "Planning", "Replay", "Returns", "Run", "RunConfig", "Schedule",
-           "Training", "WorldModel", "apply_overrides", "from_dict", "preset"]
+           "Training", "WorldModel", "apply_overrides", "field_checks", "from_dict", "preset"]
 
 
-def _field(default: Any, help: str) -> Any:
-    """A dataclass field with its one-line documentation (``metadata["help"]``)."""
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Check:
+    """What one field accepts (its ``metadata["check"]``): reads ``--set`` text, refuses bad values in one line.
+
+    Args:
+        kind: ``int``, ``float``, ``bool``, ``str`` or ``dict`` (a JSON object).
+        low, high: inclusive bounds: a number, or another field's name (no bound while that
+            field is None).
+        above: exclusive lower bound (``above=0``: positive).
+        choices: the accepted strings, or a function returning them (read when checking).
+        optional: None is accepted (``none`` or ``null`` on the command line).
+        what: a string's description, when ``test`` says more than "non-empty".
+        test: raises ``ValueError`` (its message is the reason) for a string it refuses.
+
+    Floats must be finite. Strings must be non-empty.
+
+    Examples:
+        >>> check = Check(int, low=1, high="num_candidates")
+        >>> check.describe(preset("tiny"))
+        'an integer in [1, num_candidates=16]'
+        >>> check.check("top_k", 20, preset("tiny"))
+        Traceback (most recent call last):
+        ...
+        ValueError: top_k=20: expected an integer in [1, num_candidates=16].
+    """
+
+    kind: type
+    low: float | str | None = None
+    high: float | str | None = None
+    above: float | None = None
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    optional: bool = False
+    what: str | None = None
+    test: Callable[[str], Any] | None = None
+
+    def options(self) -> tuple[str, ...] | None:
+        """The accepted strings (``choices``, read now), or None."""
+        return self.choices() if callable(self.choices) else self.choices
+
+    def bounds(self, cfg: Any = None) -> tuple[float | None, float | None]:
+        """``(low, high)`` with bounds that name a field read from ``cfg`` (None: no such bound)."""
+        def read(bound):
+            return getattr(cfg, bound, None) if isinstance(bound, str) else bound
+        return read(self.low), read(self.high)
+
+    def describe(self, cfg: Any = None) -> str:
+        """What the field expects, e.g. ``"an integer >= 1 or None"``."""
+        if self.kind is bool:
+            text = "a boolean (true/false)"
+        elif self.kind is dict:
+            text = 'a JSON object, e.g. \'{"continuous": false}\''
+        elif self.options() is not None:
+            text = f"one of {list(self.options())}"
+        elif self.kind is str:
+            text = self.what or "a non-empty string"
+        else:
+            low, high = (f"{b}={v}" if isinstance(b, str) else f"{v}"
+                         for b, v in zip((self.low, self.high), self.bounds(cfg)))
+            has_low, has_high = (v is not None for v in self.bounds(cfg))
+            text = "an integer" if self.kind is int else "a finite number"
+            if has_low and has_high:
+                text += f" in [{low}, {high}]"
+            elif has_low:
+                text += f" >= {low}"
+            elif has_high:
+                text += f" <= {high}"
+            if self.above is not None:
+                text += f" > {self.above}"
+        return f"{text} or None" if self.optional else text
+
+    def error(self, name: str, value: Any, cfg: Any = None, reason: str = "") -> ValueError:
+        """The one-line error for ``name=value``."""
+        because = f" ({' '.join(reason.split())})" if reason else ""
+        return ValueError(f"{name}={value!r}: expected {self.describe(cfg)}{because}.")
+
+    def parse(self, name: str, text: str) -> Any:
+        """The value of ``--set name=text`` (its type only; :meth:`check` tests the range)."""
+        text = text.strip()
+        if self.optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            if self.kind is bool:
+                return {"1": True, "true": True, "yes": True, "on": True,
+                        "0": False, "false": False, "no": False, "off": False}[text.lower()]
+            if self.kind is dict:
+                value = json.loads(text)
+                if not isinstance(value, dict):
+                    raise ValueError(f"got {type(value).__name__}")
+                return value
+            if self.kind in (int, float):
+                return self.kind(text)
+            return text
+        except (ValueError, KeyError) as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err) if self.kind is dict else ""
+            raise self.error(name, text, reason=reason) from None
+
+    def check(self, name: str, value: Any, cfg: Any = None) -> None:
+        """Refuses (one-line ``ValueError`` naming ``name``) a value of the wrong type or out of range."""
+        if value is None:
+            if not self.optional:
+                raise self.error(name, value, cfg)
+            return
+        if self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is str:
+            ok = isinstance(value, str) and value.strip() != ""
+        else:
+            ok = isinstance(value, self.kind)
+        if ok and self.kind in (int, float):
+            low, high = self.bounds(cfg)
+            ok = ((low is None or value >= low) and (high is None or value <= high)
+                  and (self.above is None or value > self.above))
+        if ok and self.options() is not None:
+            ok = value in self.options()
+        if ok and self.kind is dict:
+            ok = all(isinstance(k, str) for k in value)
+        if not ok:
+            raise self.error(name, value, cfg)
+        if self.test is not None:
+            try:
+                self.test(value)
+            except ValueError as err:
+                raise self.error(name, value, cfg, reason=str(err)) from None
+
+
+def _int(low: int | str | None = None, high: int | str | None = None, optional: bool = False) -> Check:
+    return Check(int, low, high, optional=optional)
+
+
+def _num(low: float | None = None, high: float | None = None, above: float | None = None,
+         optional: bool = False) -> Check:
+    return Check(float, low, high, above=above, optional=optional)
+
+
+def _one_of(*choices: Any) -> Check:
+    return Check(str, choices=choices[0] if len(choices) == 1 and callable(choices[0]) else choices)
+
+
+def _text(what: str, test: Callable[[str], Any] | None = None) -> Check:
+    return Check(str, what=what, test=test)
+
+
+def _json(optional: bool = False) -> Check:
+    return Check(dict, optional=optional)
+
+
+def _torch_device(text: str) -> None:
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError as err:
+        raise ValueError(str(err).split("\n")[0]) from None
+
+
+def _task_name(text: str) -> None:
+    from ..envs.factory import _parse_name
+
+    try:
+        _parse_name(text)
+    except ValueError as err:  # make_env's message, without what the check already says
+        message = re.sub(r"^make_env: unknown environment name=.*? \((.*?)\)\.", r"\1;", str(err))
+        message = message.removeprefix("make_env: ").split(" Use ")[0].rstrip(";").replace("; Did you", "; did you")
+        raise ValueError(message) from None
+
+
+_FLAG = Check(bool)
+_DEVICE = _text("a torch device: cpu, cuda or cuda:N", test=_torch_device)
+
+
+def _field(default: Any, help: str, check: Check | None = None) -> Any:
+    """A dataclass field with its one-line documentation and what it accepts (``metadata["help"]``, ``["check"]``).
+
+    Without ``check`` the field is checked by its type hint alone (:func:`field_checks`).
+    """
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 @dataclass
 class Env:
     """The task (feeds :func:`~torchrl_rssm.envs.make_env`; ``env`` is its ``name``)."""
 
-    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task> or gym:<id>")
-    from_pixels: bool = _field(True, "observe 64x64 images (else the state vector)")
-    action_repeat: int | None = _field(None, "env steps per agent step; None: the paper's value for its DMC "
-                                             "domains, else 1")
-    max_episode_steps: int | None = _field(None, "agent steps per episode; None: the task's limit (DMC: 1000 env "
-                                                 "steps / action_repeat)")
-    bit_depth: int = _field(5, "bits kept per pixel channel")
-    image_size: int = _field(64, "side of the square images the model sees (rendered, or the env's own images "
-                                 "resized)")
-    grayscale: bool = _field(False, "observe one-channel images instead of RGB")
-    env_kwargs: dict | None = _field(None, "keyword arguments for the environment's constructor, as JSON: "
-                                           "--set 'env_kwargs={\"continuous\": false}'")
+    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task> or gym:<id>",
+                                              _text("a task name: dmc:<domain>-<task> or gym:<id>", test=_task_name))
+    from_pixels: bool = _field(True, "observe 64x64 images (else the state vector)", _FLAG)
+    action_repeat: int | None = _field(None, "env steps per agent step; None: the paper's value for its DMC domains, "
+                                             "else 1", _int(1, optional=True))
+    max_episode_steps: int | None = _field(None, "agent steps per episode; None: the task's limit (DMC: 1000 env steps "
+                                                 "/ action_repeat)", _int(1, optional=True))
+    bit_depth: int = _field(5, "bits kept per pixel channel", _int(1, 8))
+    image_size: int = _field(64, "side of the square images the model sees (rendered, or the env's own images resized)",
+                                 _int(min_image_size(4)))
+    grayscale: bool = _field(False, "observe one-channel images instead of RGB", _FLAG)
+    env_kwargs: dict | None = _field(None, "keyword arguments for the environment's constructor, as JSON: --set "
+                                           "'env_kwargs={\"continuous\": false}'", _json(optional=True))
 
 
 @dataclass
 class WorldModel:
     """The RSSM world model (feeds :func:`~torchrl_rssm.modules.make_world_model`)."""
 
-    state_dim: int = _field(30, "stochastic latent size")
-    belief_dim: int = _field(200, "deterministic (GRU) latent size")
-    hidden_dim: int = _field(200, "hidden units of the RSSM's MLPs and heads")
-    embed_dim: int = _field(200, "observation embedding size (vector observations only; pixels: 1024 from the "
-                                 "conv stack)")
+    state_dim: int = _field(30, "stochastic latent size", _int(1))
+    belief_dim: int = _field(200, "deterministic (GRU) latent size", _int(1))
+    hidden_dim: int = _field(200, "hidden units of the RSSM's MLPs and heads", _int(1))
+    embed_dim: int = _field(200, "observation embedding size (vector observations only; pixels: 1024 from the conv "
+                                 "stack)", _int(1))
     channels: int = _field(32, "pixels: channels of the encoder's first conv (doubling per layer; PlaNet 32), the "
-                               "decoder likewise")
-    min_std: float = _field(0.1, "lower bound on the latent's standard deviation")
-    compile_step: bool = _field(False, "torch.compile the RSSM step")
+                               "decoder likewise", _int(1))
+    min_std: float = _field(0.1, "lower bound on the latent's standard deviation", _num(0))
+    compile_step: bool = _field(False, "torch.compile the RSSM step", _FLAG)
 
 
 @dataclass
 class ModelLoss:
     """The world model's loss (feeds :class:`~torchrl_rssm.objectives.RSSMLoss`)."""
 
-    free_nats: float = _field(3.0, "KL below this many nats is not penalised")
-    kl_balance: float | None = _field(None, "KL balancing weight (None: plain KL)")
-    overshooting_distance: int = _field(1, "latent overshooting distance (1: none)")
-    overshooting_weight: float = _field(1.0, "weight of the overshooting KL terms")
-    lambda_reward: float = _field(1.0, "weight of the reward log-likelihood (the official PlaNet code uses 10)")
+    free_nats: float = _field(3.0, "KL below this many nats is not penalised", _num(0))
+    kl_balance: float | None = _field(None, "KL balancing weight (None: plain KL)", _num(0, 1, optional=True))
+    overshooting_distance: int = _field(1, "latent overshooting distance (1: none)", _int(1))
+    overshooting_weight: float = _field(1.0, "weight of the overshooting KL terms", _num(0))
+    lambda_reward: float = _field(1.0, "weight of the reward log-likelihood (the official PlaNet code uses 10)",
+                                       _num(0))
 
 
 @dataclass
 class Training:
     """Optimisation and acting settings every agent shares."""
 
-    model_lr: float = _field(1e-3, "world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)")
-    adam_eps: float = _field(1e-4, "Adam epsilon (all optimisers)")
-    grad_clip: float = _field(1000.0, "gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)")
-    batch_size: int = _field(50, "chunks per update (B)")
-    chunk_length: int = _field(50, "steps per chunk (L); episodes shorter than this cannot be trained on")
-    exploration_noise: float = _field(0.3, "std of the Gaussian noise added to actions while collecting")
+    model_lr: float = _field(1e-3, "world-model learning rate (PlaNet 1e-3; Dreamer 6e-4)", _num(above=0))
+    adam_eps: float = _field(1e-4, "Adam epsilon (all optimisers)", _num(above=0))
+    grad_clip: float = _field(1000.0, "gradient-norm clip per optimiser (PlaNet 1000; Dreamer 100)", _num(above=0))
+    batch_size: int = _field(50, "chunks per update (B)", _int(1))
+    chunk_length: int = _field(50, "steps per chunk (L); episodes shorter than this cannot be trained on", _int(1))
+    exploration_noise: float = _field(0.3, "std of the Gaussian noise added to actions while collecting", _num(0))
 
 
 @dataclass
 class Planning:
     """The planner's search (feeds :class:`~torchrl_rssm.planners.CEMPlanner` and ``MPPIPlanner``)."""
 
-    planning_horizon: int = _field(12, "H: planning horizon")
-    optim_steps: int = _field(10, "I: optimisation iterations per action")
-    num_candidates: int = _field(1000, "J: candidate action sequences")
-    top_k: int = _field(100, "K: elites refitted per iteration")
+    planning_horizon: int = _field(12, "H: planning horizon", _int(1))
+    optim_steps: int = _field(10, "I: optimisation iterations per action", _int(1))
+    num_candidates: int = _field(1000, "J: candidate action sequences", _int(1))
+    top_k: int = _field(100, "K: elites refitted per iteration", _int(1, "num_candidates"))
 
 
 @dataclass
 class PlaNet(Planning):
     """PlaNet's own fields: the planner and its search."""
 
-    planner: str = _field("cem", "PlaNet: \"cem\" or \"mppi\"")
-    temperature: float = _field(1.0, "PlaNet: MPPI's temperature (planner=\"mppi\")")
+    planner: str = _field("cem", "PlaNet: \"cem\" or \"mppi\"", _one_of("cem", "mppi"))
+    temperature: float = _field(1.0, "PlaNet: MPPI's temperature (planner=\"mppi\")", _num(above=0))
 
 
 @dataclass
 class Imagination:
     """Dreamer's imagined trajectories (feeds :class:`~torchrl_rssm.objectives.DreamerActorLoss`)."""
 
-    imagination_horizon: int = _field(15, "Dreamer: imagined steps per start state")
-    time_reduction: str = _field("mean", "Dreamer: \"mean\" over imagined steps and starts (the paper's losses, for "
-                                         "its clip of 100) or \"sum\" over steps (TorchRL's)")
+    imagination_horizon: int = _field(15, "Dreamer: imagined steps per start state", _int(1))
+    time_reduction: str = _field("mean", "Dreamer: \"mean\" over imagined steps and starts (the paper's losses, for its "
+                                         "clip of 100) or \"sum\" over steps (TorchRL's)", _one_of("mean", "sum"))
 
 
 @dataclass
 class Returns:
     """Dreamer's lambda-returns (feeds ``DreamerActorLoss.make_value_estimator``)."""
 
-    gamma: float = _field(0.99, "Dreamer: discount")
-    lmbda: float = _field(0.95, "Dreamer: lambda of the lambda-returns")
+    gamma: float = _field(0.99, "Dreamer: discount", _num(0, 1))
+    lmbda: float = _field(0.95, "Dreamer: lambda of the lambda-returns", _num(0, 1))
 
 
 @dataclass
 class Dreamer(Imagination, Returns):
     """Dreamer's own fields: imagination, returns, the actor and value heads and their learning rates."""
 
-    actor_lr: float = _field(8e-5, "Dreamer: actor learning rate")
-    value_lr: float = _field(8e-5, "Dreamer: value learning rate")
-    actor_hidden_dim: int = _field(400, "Dreamer: actor hidden units")
-    value_hidden_dim: int = _field(400, "Dreamer: value hidden units")
+    actor_lr: float = _field(8e-5, "Dreamer: actor learning rate", _num(above=0))
+    value_lr: float = _field(8e-5, "Dreamer: value learning rate", _num(above=0))
+    actor_hidden_dim: int = _field(400, "Dreamer: actor hidden units", _int(1))
+    value_hidden_dim: int = _field(400, "Dreamer: value hidden units", _int(1))
 
 
 @dataclass
 class Schedule:
     """When the trainer collects, updates, tests and saves (episodes count the collected ones)."""
 
-    seed_episodes: int = _field(5, "S: random episodes before training")
-    episodes: int = _field(1000, "agent episodes, collected after the seed episodes")
-    updates_per_episode: int = _field(100, "C: gradient steps before each collected episode (when train_ratio is "
-                                           "None)")
+    seed_episodes: int = _field(5, "S: random episodes before training", _int(0))
+    episodes: int = _field(1000, "agent episodes, collected after the seed episodes", _int(0))
+    updates_per_episode: int = _field(100, "C: gradient steps before each collected episode (when train_ratio is None)",
+                                           _int(0))
     train_ratio: float | None = _field(None, "model updates per collected agent step (one stored transition); None: "
-                                             "updates_per_episode per episode")
-    test_every: int = _field(25, "collected episodes (seed episodes included) between test runs (also one at the "
-                                 "end; 0: never)")
-    test_episodes: int = _field(5, "noise-free test episodes, run as one batch")
-    checkpoint_every: int = _field(10, "collected episodes between checkpoints (one is also written at exit)")
+                                             "updates_per_episode per episode", _num(0, optional=True))
+    test_every: int = _field(25, "collected episodes (seed episodes included) between test runs (also one at the end; "
+                                 "0: never)", _int(0))
+    test_episodes: int = _field(5, "noise-free test episodes, run as one batch", _int(1))
+    checkpoint_every: int = _field(10, "collected episodes between checkpoints (one is also written at exit)", _int(0))
     video_every: int = _field(50, "collected episodes between reconstruction images / open-loop predictions in "
-                                  "TensorBoard (0: never)")
+                                  "TensorBoard (0: never)", _int(0))
 
 
 @dataclass
@@ -168,41 +353,43 @@ class Replay:
     """The sequence replay buffer."""
 
     buffer_capacity: int | None = _field(None, "replay capacity in agent steps; None: sized from the run, "
-                                               "(seed_episodes + episodes) x episode steps, capped at 10^6")
-    buffer_device: str = _field("cpu", "where the replay storage lives; sampled batches move to `device`")
-    buffer_on_disk: bool = _field(False, "LazyMemmapStorage under logdir instead of memory")
+                                               "(seed_episodes + episodes) x episode steps, capped at 10^6",
+                                               _int("chunk_length", optional=True))
+    buffer_device: str = _field("cpu", "where the replay storage lives; sampled batches move to `device`", _DEVICE)
+    buffer_on_disk: bool = _field(False, "LazyMemmapStorage under logdir instead of memory", _FLAG)
 
 
 @dataclass
 class Collection:
     """How episodes are collected (see :mod:`torchrl_rssm.recipes.collection`)."""
 
-    num_envs: int = _field(1, "environments stepped together as one batch (the policy acts on the whole batch in "
-                              "one call)")
+    num_envs: int = _field(1, "environments stepped together as one batch (the policy acts on the whole batch in one "
+                              "call)", _int(1))
     env_backend: str = _field("serial", "how a batch of environments runs: \"serial\" (SerialEnv, one process) or "
-                                        "\"parallel\" (ParallelEnv)")
-    collector: str = _field("sync", "\"sync\": in the trainer's process; \"async\": TorchRL MultiAsyncCollector "
-                                    "workers; \"distributed\": TorchRL DistributedCollector")
-    collector_workers: int = _field(2, "worker processes of the \"async\" / \"distributed\" collector (each steps "
-                                       "num_envs environments)")
+                                        "\"parallel\" (ParallelEnv)", _one_of("serial", "parallel"))
+    collector: str = _field("sync", "\"sync\": in the trainer's process; \"async\": TorchRL MultiAsyncCollector workers; "
+                                    "\"distributed\": TorchRL DistributedCollector",
+                                    _one_of("sync", "async", "distributed"))
+    collector_workers: int = _field(2, "worker processes of the \"async\" / \"distributed\" collector (each steps num_envs "
+                                       "environments)", _int(1))
     distributed_port: int = _field(29517, "TCP port of the \"distributed\" collector's process group (TorchRL "
-                                          "DistributedCollector, launcher=\"mp\")")
+                                          "DistributedCollector, launcher=\"mp\")", _int(1, 65535))
 
 
 @dataclass
 class Run:
     """The run itself: agent, seed, device, output."""
 
-    algo: str = _field("planet", "agent: \"planet\" (world model + planner) or \"dreamer\" (world model + actor and "
-                                 "value)")
-    seed: int = _field(0, "seeds python, numpy, torch and the envs")
-    device: str = _field("cpu", "models and updates: cpu, cuda, cuda:N")
-    num_threads: int | None = _field(None, "torch CPU threads (None: torch's default; small models gain nothing "
-                                           "from a second)")
-    nan_policy: str = _field("skip", "\"skip\": skip an update whose batch holds NaN/inf, warn and count; "
-                                     "\"raise\": stop with an error")
-    logdir: str = _field("runs/planet", "TensorBoard logs, config.json and checkpoints")
-    progress: bool = _field(True, "progress bar on stderr (else a status line per test and per checkpoint)")
+    algo: str = _field("planet", "agent: \"planet\" (world model + planner) or \"dreamer\" (world model + actor and value)",
+                                 _one_of(lambda: tuple(AGENT_SECTIONS)))
+    seed: int = _field(0, "seeds python, numpy, torch and the envs", _int(0, 2**31 - 1))
+    device: str = _field("cpu", "models and updates: cpu, cuda, cuda:N", _DEVICE)
+    num_threads: int | None = _field(None, "torch CPU threads (None: torch's default; small models gain nothing from a "
+                                           "second)", _int(1, optional=True))
+    nan_policy: str = _field("skip", "\"skip\": skip an update whose batch holds NaN/inf, warn and count; \"raise\": stop "
+                                     "with an error", _one_of("skip", "raise"))
+    logdir: str = _field("runs/planet", "TensorBoard logs, config.json and checkpoints", _text("a folder path"))
+    progress: bool = _field(True, "progress bar on stderr (else a status line per test and per checkpoint)", _FLAG)
 
 
 #: Each agent's own section: its fields are set only in runs of that agent.
@@ -235,6 +422,27 @@ class RunConfig(Run, Collection, Replay, Schedule, Dreamer, PlaNet, Training, Mo
         "num_envs", "env_backend", "collector", "collector_workers", "distributed_port",
     )
 
+    def validate(self) -> RunConfig:
+        """Checks every field this run uses (each field's :class:`Check`); returns ``self``.
+
+        Raises:
+            ValueError: one line naming the first bad field and what it expects.
+
+        Examples:
+            >>> cfg = preset("tiny"); cfg.gamma = 1.5  # a Dreamer field: not checked in a PlaNet run
+            >>> cfg.validate().algo
+            'planet'
+            >>> cfg.top_k = 17
+            >>> cfg.validate()
+            Traceback (most recent call last):
+            ...
+            ValueError: top_k=17: expected an integer in [1, num_candidates=16].
+        """
+        checks = field_checks(type(self))
+        for name in self.to_dict():  # the other agents' fields are not this run's
+            checks[name].check(name, getattr(self, name), self)
+        return self
+
     def section(self, kind: type) -> Any:
         """This configuration's values of one section (a dataclass instance of ``kind``)."""
         return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})
@@ -251,6 +459,41 @@ class RunConfig(Run, Collection, Replay, Schedule, Dreamer, PlaNet, Training, Mo
         keys = (set(mine) | set(other)) - set(self.RESUMABLE)
         return {k: (other.get(k), mine.get(k)) for k in sorted(keys)
                 if k in other and other.get(k) != mine.get(k)}
+
+
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict}
+
+
+def field_checks(kind: type) -> dict[str, Check]:
+    """Each field's :class:`Check`: its ``metadata["check"]``, else one from its type hint (``int | None``...).
+
+    Every field of every section is checked, a new section's too: a field without its own
+    ``check`` gets its type's (any integer, any finite number, a non-empty string...).
+
+    Examples:
+        >>> field_checks(RunConfig)["gamma"].describe()
+        'a finite number in [0, 1]'
+        >>> @dataclass
+        ... class Extra:
+        ...     steps: int | None = None
+        >>> field_checks(Extra)["steps"].parse("steps", "many")
+        Traceback (most recent call last):
+        ...
+        ValueError: steps='many': expected an integer or None.
+    """
+    out = {}
+    for f in fields(kind):
+        check = f.metadata.get("check")
+        if check is None:
+            hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            parts = [p.strip() for p in hint.split("|")]
+            named = [_KINDS[p] for p in parts if p in _KINDS]
+            if len(named) != 1:
+                raise TypeError(f"config field {f.name!r}: give it a check (metadata['check']); its type {hint!r} "
+                                "is not one of int, float, bool, str, dict (or one of them | None).")
+            check = Check(named[0], optional="None" in parts)
+        out[f.name] = check
+    return out
 
 
 #: One line of documentation per field (its ``metadata["help"]``).
@@ -369,45 +612,6 @@ def preset(name: str) -> RunConfig:
     return RunConfig(**settings)
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}
-
-
-_JSON_FIELDS = {"env_kwargs"}
-
-
-def _parse_value(text: str, current: Any, name: str) -> Any:
-    if text.lower() in ("none", "null"):
-        return None
-    if name in _JSON_FIELDS or isinstance(current, dict):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Override {name}={text!r}: expected a JSON object, e.g. '{{\"continuous\": false}}' "
-                             f"({err.msg}).") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"Override {name}={text!r}: expected a JSON object, got {type(value).__name__}.")
-        return value
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"Override {name}={text!r}: expected a boolean (true/false).")
-    if current is None:  # optional field: try int, then float, then str
-        for cast in (int, float):
-            try:
-                return cast(text)
-            except ValueError:
-                pass
-        return text
-    kind = type(current)
-    try:
-        return kind(text)
-    except ValueError:
-        expected = _KIND_NAMES.get(kind, f"a value of type {kind.__name__}")
-        raise ValueError(f"Override {name}={text!r}: expected {expected}.") from None
-
-
 def _unknown_field(key: str, item: str, names: set[str]) -> ValueError:
     hint = difflib.get_close_matches(key, sorted(names), n=1)
     parts = sorted(n for n in names if key in n.split("_"))  # "lr": model_lr, actor_lr, value_lr
@@ -421,9 +625,12 @@ def override_keys(overrides: list[str]) -> set[str]:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Applies ``key=value`` strings to a configuration (in place) and returns it.
+    """Applies ``key=value`` strings to a configuration (in place), checks it and returns it.
 
-    A field of another agent's section is refused (``planning_horizon`` in a Dreamer run).
+    Each value is read as its field's :class:`Check` says (``none``/``null`` only for a field
+    that accepts None) and the whole configuration is then checked (:meth:`RunConfig.validate`):
+    a bad value is a one-line ``ValueError`` naming the field and what it expects. A field of
+    another agent's section is refused (``planning_horizon`` in a Dreamer run).
 
     Examples:
         >>> apply_overrides(preset("tiny"), ["batch_size=8"]).batch_size
@@ -432,23 +639,32 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         Traceback (most recent call last):
         ...
         ValueError: Override 'batchsize=8': unknown field 'batchsize'. Did you mean 'batch_size'? ...
+        >>> apply_overrides(preset("tiny"), ["batch_size=0"])
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size=0: expected an integer >= 1.
         >>> apply_overrides(preset("dreamer-tiny"), ["top_k=8"])
         Traceback (most recent call last):
         ...
         ValueError: --set: top_k (planet) is a field of another agent; algo='dreamer' does not use it.
     """
-    names = {f.name for f in fields(cfg)}
-    keys = []
+    checks = field_checks(type(cfg))
+    settings = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"Override {item!r}: expected key=value.")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        if key not in names:
-            raise _unknown_field(key, item, names)
-        setattr(cfg, key, _parse_value(text.strip(), getattr(cfg, key), key))
-        keys.append(key)
-    _check_agent_fields(cfg.algo, keys, "--set")
+        if key not in checks:
+            raise _unknown_field(key, item, set(checks))
+        settings.append((key, text))
+    # another agent's field is refused before its value is read: that is the mistake to name
+    algo = next((checks["algo"].parse("algo", text) for key, text in reversed(settings) if key == "algo"), cfg.algo)
+    if algo in AGENT_SECTIONS:
+        _check_agent_fields(algo, [key for key, _ in settings], "--set")
+    for key, text in settings:
+        setattr(cfg, key, checks[key].parse(key, text))
+    cfg.validate()
     return cfg
 
 
