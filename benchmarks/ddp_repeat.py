@@ -79,7 +79,8 @@ def main() -> int:
              f"Tests: `-k {args.expr!r}` of `tests/test_scale_distributed.py`; a repetition running past "
              f"{args.timeout:.0f} s counts as a hang.", "",
              "| passed | failed | hung | median s | max s |", "|---|---|---|---|---|",
-             f"| {counts['pass']} | {counts['fail']} | {counts['hang']} | {secs[len(secs) // 2]:.1f} | {secs[-1]:.1f} |",
+             f"| {counts['pass']} | {counts['fail']} | {counts['hang']} | {secs[len(secs) // 2]:.1f} "
+             f"| {secs[-1]:.1f} |",
              "", f"Command: `{report['command']}` at commit {report['commit']}.", ""]
     (args.out / "ddp_repeat.md").write_text("\n".join(lines))
     print("\n".join(lines))

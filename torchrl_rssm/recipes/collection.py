@@ -5,8 +5,9 @@ Written once here and used by the trainer for training and test episodes alike:
 * :class:`EnvFactory`: one environment of the run (:func:`~torchrl_rssm.envs.make_env` with the
   run's settings, or a function of the user's, ``env_fn(seed)``), with its own copy of the
   agent's primer and an :class:`~torchrl_rssm.envs.EnvRandomState` (the simulator's generator
-  state before each reset, which a checkpoint keeps for an exact resume). Picklable (with a picklable ``env_fn``), so TorchRL's ``ParallelEnv`` and
-  multi-process collectors can build it in their workers.
+  state before each reset, which a checkpoint keeps for an exact resume). Picklable (with a
+  picklable ``env_fn``), so TorchRL's ``ParallelEnv`` and multi-process collectors can build it
+  in their workers.
 * :func:`batched_env`: ``num_envs`` copies as one ``SerialEnv`` / ``ParallelEnv``;
   :func:`make_test_env` is the same batching, seeded apart from training.
 * :func:`make_collector`: the TorchRL collector of the run's layout (``collector``:

@@ -15,10 +15,14 @@ boundary, and are neither padded nor shortened): a task whose episode limit is b
 collector's batch is ``max_episode_steps`` agent steps: for a task whose episodes end early,
 an "episode" of the schedule is such a batch; the buffer still splits it on ``done``.)
 
-Checkpoints (agent state, replay buffer, counters, RNG states, config) are written every
+Checkpoints (agent state, replay buffer, counters, RNG states, each training environment's
+simulator generator state before its latest reset, config) are written every
 ``checkpoint_every`` collected episodes and at exit; ``resume=True`` continues from the last
 one and refuses a checkpoint written with a different configuration (fields in
-``RunConfig.RESUMABLE`` may change). ``config.json`` is rewritten with every checkpoint.
+``RunConfig.RESUMABLE`` may change). A resumed CPU run with a sync collector ends bit-equal to
+the uninterrupted run, and ``resume=True`` with more ``episodes`` gives the longer run: the fit
+after a finished run's last round is recorded as owed and done first (``docs/reliability.md``).
+``config.json`` is rewritten with every checkpoint.
 """
 from __future__ import annotations
 
