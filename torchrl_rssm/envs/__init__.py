@@ -1,4 +1,4 @@
-"""Environments for PlaNet-style agents: a factory and pixel transforms.
+"""Environments for PlaNet-style agents: a factory, pixel transforms and the simulators' random state.
 
 Importing this package sets ``MUJOCO_GL=egl`` unless it is already set (headless
 rendering for dm_control).
@@ -8,6 +8,7 @@ from .random_state import EnvRandomState, env_random_states, set_env_random_stat
 from .transforms import BitDepth, Dequantize, GrayScalePixels, ResizePixels, dequantize
 
 __all__ = [
-    "BitDepth", "DEFAULT_ACTION_REPEAT", "Dequantize", "EnvRandomState", "GrayScalePixels", "PAPER_TASKS", "ResizePixels",
+    "BitDepth", "DEFAULT_ACTION_REPEAT", "Dequantize", "EnvRandomState", "GrayScalePixels", "PAPER_TASKS",
+    "ResizePixels",
     "available_envs", "dequantize", "env_random_states", "make_env", "set_env_random_states",
 ]
