@@ -3,10 +3,10 @@ uninterrupted run with the same seed.
 
 Runs ``torchrl-rssm train --preset PRESET --seed SEED`` once without interruption (the
 reference), then again in another logdir, killing it with SIGKILL ``--kills`` times at random
-moments (each attempt lives a random time, uniform in ``[0.1, 1] x 2 x T / (kills + 1)``
-seconds, ``T`` the reference's wall time: kills land anywhere, during collection, fits,
-tests and checkpoint writes alike) and resuming it with ``--resume`` after each kill, until it
-finishes. Compares the two final checkpoints (every weight and optimiser tensor, the counters,
+moments (each attempt lives ``U(0.3, 1) x S + U(0, 1) x 2 x (T - S) / (kills + 1)`` seconds,
+``T`` the reference's wall time and ``S`` the time to its first checkpoint: kills land anywhere,
+in start-up, collection, fits, tests and checkpoint writes alike) and resuming it with ``--resume``
+after each kill, until it finishes. Compares the two final checkpoints (every weight and optimiser tensor, the counters,
 the last test return) and reports the time lost to the kills (the chaos run's total wall time
 minus the reference's). Writes ``results/chaos_<preset>.json`` and ``.md``.
 
@@ -115,21 +115,30 @@ def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
 
     start = time.perf_counter()
-    done = subprocess.run(_cmd(ref_dir, args, resume=False), env=_env(), capture_output=True, text=True)
+    proc = subprocess.Popen(_cmd(ref_dir, args, resume=False), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first_s = None  # when the first checkpoint appears: start-up (imports, environments) before it
+    while proc.poll() is None:
+        if first_s is None and (ref_dir / "checkpoint" / "manifest.json").exists():
+            first_s = time.perf_counter() - start
+        time.sleep(0.05)
     reference_s = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"chaos: the reference run failed:\n{done.stderr[-3000:]}")
-    print(f"reference run: {reference_s:.1f} s", file=sys.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"chaos: the reference run failed:\n{proc.stderr.read()[-3000:]}")
+    first_s = reference_s if first_s is None else first_s
+    print(f"reference run: {reference_s:.1f} s (first checkpoint after {first_s:.1f} s)", file=sys.stderr)
 
     rng = random.Random(args.kill_seed)
-    span = 2 * reference_s / (args.kills + 1)
+    # each attempt lives part of a start-up plus a random share of the work after it, so that
+    # kills land in start-up, collection, fits, tests and checkpoint writes alike
+    span = 2 * (reference_s - first_s) / (args.kills + 1)
     kills, attempts, total_s = [], 0, 0.0
     while True:
         # a kill before the first checkpoint leaves nothing to resume: that attempt starts afresh
         resume = attempts > 0 and _progress(chaos_dir) is not None
         attempts += 1
         killing = len(kills) < args.kills
-        delay = rng.uniform(0.1, 1.0) * span if killing else None
+        delay = rng.uniform(0.3, 1.0) * first_s + rng.uniform(0.0, 1.0) * span if killing else None
         t0 = time.perf_counter()
         proc = subprocess.Popen(_cmd(chaos_dir, args, resume=resume), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -158,6 +167,7 @@ def main() -> int:
     report = dict(
         preset=args.preset, seed=args.seed, kill_seed=args.kill_seed, kills_asked=args.kills,
         kills_delivered=len(kills), attempts=attempts, reference_s=round(reference_s, 2),
+        reference_first_checkpoint_s=round(first_s, 2),
         chaos_total_s=round(total_s, 2), time_lost_s=round(total_s - reference_s, 2), kills=kills,
         command=" ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
         commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -174,6 +184,7 @@ def main() -> int:
         f"| counters | {'equal' if result['counters_equal'] else 'differ'} |",
         f"| last test return (chaos, reference) | {result['test_return'][0]!r}, {result['test_return'][1]!r} |",
         f"| wall time: reference, chaos (all attempts) | {reference_s:.1f} s, {total_s:.1f} s |",
+        f"| attempts (a kill before any checkpoint restarts afresh) | {attempts} |",
         f"| time lost to the kills | {total_s - reference_s:.1f} s ({(total_s - reference_s) / max(len(kills), 1):.1f} "
         "s per kill) |", "",
         "Kills (seconds each attempt lived; the last checkpoint's counters then):", "",
