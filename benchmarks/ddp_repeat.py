@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -48,7 +49,8 @@ def run_once(expr: str, timeout_s: float) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     # pytest exit code 5: no test selected, a wrong -k expression, not a pass
     outcome = "pass" if proc.returncode == 0 else "fail"
-    return dict(outcome=outcome, seconds=seconds, returncode=proc.returncode, tail=out[-1500:])
+    summary = next((line for line in reversed(out.splitlines()) if line.strip()), "")  # "3 passed in ..."
+    return dict(outcome=outcome, seconds=seconds, returncode=proc.returncode, summary=summary, tail=out[-1500:])
 
 
 def main() -> int:
@@ -67,7 +69,7 @@ def main() -> int:
         print(f"{i + 1}/{args.repeats}: {result['outcome']} in {result['seconds']} s", file=sys.stderr, flush=True)
     counts = {k: sum(r["outcome"] == k for r in runs) for k in ("pass", "fail", "hang")}
     report = dict(tests=args.expr, repeats=args.repeats, timeout_s=args.timeout, **counts,
-                  seconds=[r["seconds"] for r in runs],
+                  seconds=[r["seconds"] for r in runs], summaries=[r.get("summary", "") for r in runs],
                   failures=[dict(index=i + 1, **r) for i, r in enumerate(runs) if r["outcome"] != "pass"],
                   command=" ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
                   commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -79,7 +81,7 @@ def main() -> int:
              f"Tests: `-k {args.expr!r}` of `tests/test_scale_distributed.py`; a repetition running past "
              f"{args.timeout:.0f} s counts as a hang.", "",
              "| passed | failed | hung | median s | max s |", "|---|---|---|---|---|",
-             f"| {counts['pass']} | {counts['fail']} | {counts['hang']} | {secs[len(secs) // 2]:.1f} "
+             f"| {counts['pass']} | {counts['fail']} | {counts['hang']} | {statistics.median(secs):.1f} "
              f"| {secs[-1]:.1f} |",
              "", f"Command: `{report['command']}` at commit {report['commit']}.", ""]
     (args.out / "ddp_repeat.md").write_text("\n".join(lines))
