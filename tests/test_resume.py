@@ -93,6 +93,20 @@ def test_killed_and_resumed_run_ends_bit_equal(tmp_path, reference, agent, kill_
     _assert_same_run(resumed, reference(agent))
 
 
+@pytest.mark.xfail(strict=True, reason="num_envs > 1: the first stored root observation of each environment after "
+                   "a resume differs (next observations and rewards are equal); weights then differ at float "
+                   "rounding level. Known limitation, see docs/reliability.md.")
+def test_killed_run_of_two_serial_envs_ends_bit_equal(tmp_path):
+    """Two environments in a SerialEnv: each one's generator state is kept and put back."""
+    args = ["--preset", "tiny", "--episodes", str(EPISODES), "--set", "num_envs=2"]
+    whole = _train(tmp_path / "whole", args)
+    logdir = tmp_path / "run"
+    saved = train_and_kill_after(logdir, args, min_episodes=4)
+    assert len(saved["env_rng"]) == 2 and saved["env_rng"][0][0] == "dm_control"
+    assert saved["counters"]["seed_episodes"] + saved["counters"]["episodes"] < 2 + EPISODES
+    _assert_same_run(_train(logdir, args, resume=True), whole)
+
+
 @pytest.mark.parametrize("agent", list(AGENTS))
 def test_extended_run_equals_the_longer_run(tmp_path, agent):
     short, long_ = tmp_path / "short", tmp_path / "long"
