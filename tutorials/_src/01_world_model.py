@@ -39,9 +39,9 @@ SIZE = os.environ.get("TORCHRL_RSSM_TUTORIAL_SIZE", "full")
 assert SIZE in ("tiny", "full"), f"TORCHRL_RSSM_TUTORIAL_SIZE must be tiny or full, got {SIZE!r}"
 cfg = SimpleNamespace(**{
     "tiny": dict(episodes=2, steps=20, max_updates=4, train_seconds=60, batch=4, length=8, channels=4,
-                 state=8, belief=32, hidden=32, lr=1e-3, context=3, horizon=6),
+                 state=8, belief=32, hidden=32, model_lr=1e-3, context=3, horizon=6),
     "full": dict(episodes=8, steps=125, max_updates=5000, train_seconds=150, batch=16, length=10, channels=16,
-                 state=30, belief=200, hidden=200, lr=1e-3, context=5, horizon=20),
+                 state=30, belief=200, hidden=200, model_lr=1e-3, context=5, horizon=20),
 }[SIZE])
 cfg
 
