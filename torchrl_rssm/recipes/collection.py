@@ -4,8 +4,10 @@ Written once here and used by the trainer for training and test episodes alike:
 
 * :class:`EnvFactory`: one environment of the run (:func:`~torchrl_rssm.envs.make_env` with the
   run's settings, or a function of the user's, ``env_fn(seed)``), with its own copy of the
-  agent's primer. Picklable (with a picklable ``env_fn``), so TorchRL's ``ParallelEnv`` and
-  multi-process collectors can build it in their workers.
+  agent's primer and an :class:`~torchrl_rssm.envs.EnvRandomState` (the simulator's generator
+  state before each reset, which a checkpoint keeps for an exact resume). Picklable (with a
+  picklable ``env_fn``), so TorchRL's ``ParallelEnv`` and multi-process collectors can build it
+  in their workers.
 * :func:`batched_env`: ``num_envs`` copies as one ``SerialEnv`` / ``ParallelEnv``;
   :func:`make_test_env` is the same batching, seeded apart from training.
 * :func:`make_collector`: the TorchRL collector of the run's layout (``collector``:
@@ -34,7 +36,7 @@ from torchrl.collectors import Collector, MultiAsyncCollector
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from ..envs import make_env
+from ..envs import EnvRandomState, make_env
 from .config import Env, RunConfig
 
 __all__ = ["COLLECTORS", "ENV_BACKENDS", "Collection", "EnvFactory", "WorkerFailure", "batched_env", "check_layout",
@@ -114,8 +116,10 @@ class EnvFactory:
             name = kw.pop("env")
             if self.from_pixels is not None:
                 kw["from_pixels"] = self.from_pixels
-            return make_env(name, seed=seed, primers=None if self.primer is None else self.primer.clone(),
-                            pixels_only=self.pixels_only, **kw)
+            env = make_env(name, seed=seed, primers=None if self.primer is None else self.primer.clone(),
+                           pixels_only=self.pixels_only, **kw)
+            # the simulator's generator state before each reset, for an exact resume (reads only)
+            return env.append_transform(EnvRandomState())
         if self.from_pixels is not None or not self.pixels_only:
             raise ValueError("env_fn: rendering extra pixels (a video of a state-vector run) needs the run's own "
                              "make_env; give env_fn an environment that renders them itself.")
@@ -126,7 +130,9 @@ class EnvFactory:
             if not isinstance(env, TransformedEnv):
                 env = TransformedEnv(env)
             env.append_transform(self.primer.clone())
-        return env
+        if not isinstance(env, TransformedEnv):
+            env = TransformedEnv(env)
+        return env.append_transform(EnvRandomState())
 
 
 def batched_env(num_envs: int, backend: str, make: Callable[[], EnvBase]) -> EnvBase:

@@ -15,13 +15,18 @@ boundary, and are neither padded nor shortened): a task whose episode limit is b
 collector's batch is ``max_episode_steps`` agent steps: for a task whose episodes end early,
 an "episode" of the schedule is such a batch; the buffer still splits it on ``done``.)
 
-Checkpoints (agent state, replay buffer, counters, RNG states, config) are written every
+Checkpoints (agent state, replay buffer, counters, RNG states, each training environment's
+simulator generator state before its latest reset, config) are written every
 ``checkpoint_every`` collected episodes and at exit; ``resume=True`` continues from the last
 one and refuses a checkpoint written with a different configuration (fields in
-``RunConfig.RESUMABLE`` may change). ``config.json`` is rewritten with every checkpoint.
+``RunConfig.RESUMABLE`` may change). A resumed CPU run with a sync collector ends bit-equal to
+the uninterrupted run, and ``resume=True`` with more ``episodes`` gives the longer run: the fit
+after a finished run's last round is recorded as owed and done first (``docs/reliability.md``).
+``config.json`` is rewritten with every checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -41,6 +46,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from tqdm import tqdm
 
 from ..data import load_replay_buffer, make_replay_buffer
+from ..envs import env_random_states, set_env_random_states
 from ..objectives import NonFiniteInputError
 from .agent import Agent
 from .checkpoint import (CHECKPOINT_DIR, ConfigMismatchError, check_config, find_checkpoint, find_generators,
@@ -57,7 +63,8 @@ __all__ = ["CHECKPOINT_DIR", "MAX_BUFFER_STEPS", "CollectorFailedError", "Config
 
 #: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
 MAX_BUFFER_STEPS = 1_000_000
-_CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo", "schedule")
+_CORE_KEYS = ("config", "counters", "rng", "last_test_return", "agent_keys", "algo", "schedule", "env_rng",
+              "owed_fit")
 
 
 class EpisodeTooShortError(ValueError):
@@ -197,6 +204,13 @@ class Trainer:
         self.logger = RSSMTensorboardLogger(exp_name="", log_dir=str(self.logdir))
         self.last_test_return, self.last_loss = float("nan"), float("nan")
         self._buffer_reported = False
+        #: the training environments' generator states before their latest reset (exact resume)
+        self._env_rng: list | None = None
+        #: the last round's fit when the run ended before it (``{"before", "steps"}``): an
+        #: extended run (``--resume`` with more episodes) does it first
+        self._owed_fit: dict | None = None
+        #: a resumed run's RNG states, put back once its collector is built (see :meth:`train`)
+        self._resume_rng: dict | None = None
         if resume:
             self.load_checkpoint()  # config.json is rewritten with the next checkpoint, never before
         else:
@@ -236,22 +250,34 @@ class Trainer:
         failure = None
         with keep_num_threads() as threads:
             collection = Collection(self.make_collector(seed_rounds), threads, in_process=cfg.collector == "sync")
+            envs = getattr(collection.collector, "env", None)  # in this process (sync) only
             try:
+                if self._resume_rng is not None:
+                    self._resume_collection(collection, envs)
+                if self._owed_fit is not None and self.collected < total:  # an extended run
+                    before = self._owed_fit["before"]
+                    self._fit(collection, self._owed_fit["steps"])
+                    if cfg.test_every > 0 and test_clock.crossed(before, self.collected):
+                        self.last_test_return = self.test(cfg.test_episodes)  # as after that fit
                 batches = iter(collection)
                 while self.collected < total:
                     batch = next(batches)  # collect
+                    if envs is not None:  # read before the next round's resets: the state they start from
+                        self._env_rng = env_random_states(envs)
                     before = self.collected
                     train_return = self._store_episode(batch)
                     self.counters["seed_episodes" if before < cfg.seed_episodes else "episodes"] += \
                         max(1, batch.numel() // self.episode_steps)  # one episode per env in the batch
                     if cfg.seed_episodes <= self.collected < total:  # fit, before the next round
-                        self._check_episode_lengths()
-                        self.update_model(self.updates_due((self.collected - before) * self.episode_steps))
-                        collection.push_weights()
-                    tested = cfg.test_every > 0 and (test_clock.crossed(before, self.collected)
-                                                     or self.collected >= total)
-                    if tested:  # test
-                        self.last_test_return = self.test(cfg.test_episodes)
+                        self._fit(collection, (self.collected - before) * self.episode_steps)
+                    elif cfg.seed_episodes <= self.collected:  # the last round: its fit is owed to an extension
+                        self._owed_fit = dict(before=before, steps=(self.collected - before) * self.episode_steps)
+                    on_clock = test_clock.crossed(before, self.collected)
+                    tested = cfg.test_every > 0 and (on_clock or self.collected >= total)
+                    if tested:  # test; the final one, if a longer run would not test here (off the clock,
+                        # or before the owed fit), leaves the random streams as they were
+                        with self._rng_kept(not on_clock or self._owed_fit is not None):
+                            self.last_test_return = self.test(cfg.test_episodes)
                     if video_clock.crossed(before, self.collected) and self._can_sample():
                         self.log_predictions()
                     checkpointed = checkpoint_clock.crossed(before, self.collected)
@@ -271,6 +297,47 @@ class Trainer:
                 f"stored so far ({len(self.buffer):,} steps) is in the checkpoint {self.checkpoint_dir}: continue "
                 "with resume=True (--resume).") from (failure.__cause__ or failure)
         return dict(self.counters, test_return=self.last_test_return)
+
+    def _fit(self, collection: Collection, steps: int) -> None:
+        """The updates owed for ``steps`` collected agent steps, then the new weights to the workers."""
+        self._check_episode_lengths()
+        self.update_model(self.updates_due(steps))
+        self._owed_fit = None
+        collection.push_weights()
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return find_generators(agent=self.agent, buffer=self.buffer)
+
+    @contextlib.contextmanager
+    def _rng_kept(self, keep: bool = True):
+        """Runs the block on a copy of every RNG state (torch, numpy, random, the parts' generators)."""
+        if not keep:
+            yield
+            return
+        generators = self._generators()
+        rng = get_rng_state(generators)
+        try:
+            yield
+        finally:
+            set_rng_state(rng, generators)
+
+    def _resume_collection(self, collection: Collection, envs: EnvBase | None) -> None:
+        """A resumed run's collector continues where the checkpoint's left off.
+
+        Building the collector reset and seeded its environments and probed the policy. The
+        environments' generators go back to their state before the uninterrupted run's latest
+        reset, and they reset again (the same initial states); the RNG states go back last, so
+        nothing drawn since the checkpoint was loaded counts.
+        """
+        if envs is not None and self._env_rng is not None and set_env_random_states(envs, self._env_rng):
+            collection.collector.reset()
+        self._set_rng(self._resume_rng)
+        self._resume_rng = None
+
+    def _set_rng(self, rng: dict) -> None:
+        generators = self._generators()
+        saved = rng.get("generators", {})
+        set_rng_state(rng, {k: g for k, g in generators.items() if k in saved})  # older checkpoints: none saved
 
     def _report(self, bar: tqdm, before: int, train_return: float, status_line: bool) -> None:
         """The progress bar, or (``progress=False``) a status line per test and per checkpoint."""
@@ -435,8 +502,9 @@ class Trainer:
         if clash:
             raise ValueError(f"{type(self.agent).__name__}.state_dict uses keys reserved by the trainer: {clash}.")
         return {**agent_state, "agent_keys": sorted(agent_state), "algo": self.cfg.algo,
-                "config": self.cfg.to_dict(), "counters": dict(self.counters), "rng": get_rng_state(),
-                "last_test_return": self.last_test_return, "schedule": dict(self.schedule)}
+                "config": self.cfg.to_dict(), "counters": dict(self.counters), "rng": get_rng_state(self._generators()),
+                "last_test_return": self.last_test_return, "schedule": dict(self.schedule),
+                "env_rng": self._env_rng, "owed_fit": self._owed_fit}
 
     def save_checkpoint(self) -> Path:
         """Writes the checkpoint atomically (and config.json beside it, so they always match)."""
@@ -452,13 +520,16 @@ class Trainer:
         self.counters.update(state["counters"])
         self.last_test_return = state["last_test_return"]
         self.schedule.update(state["schedule"])
-        set_rng_state(state["rng"])
-        if not self._restore_buffer:
-            return
-        self.buffer = load_replay_buffer(folder / "replay", self.buffer)
-        if len(self.buffer):  # else at the first write, when the row layout is known
-            self._buffer_reported = True
-            _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
+        self._env_rng, self._owed_fit = state.get("env_rng"), state.get("owed_fit")
+        if self._restore_buffer:
+            self.buffer = load_replay_buffer(folder / "replay", self.buffer)
+            if len(self.buffer):  # else at the first write, when the row layout is known
+                self._buffer_reported = True
+                _say(f"replay buffer: {self.buffer.describe()}, {len(self.buffer):,} steps restored")
+        # now (for code that uses the trainer without training), and again once train() has built
+        # its collector (which draws from them)
+        self._set_rng(state["rng"])
+        self._resume_rng = state["rng"]
 
     def _write_config(self) -> None:
         (self.logdir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
