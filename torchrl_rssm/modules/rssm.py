@@ -7,7 +7,8 @@ stochastic ``state`` s_t (a diagonal Gaussian sample).
 - :class:`RSSMPosterior`: q(s_t | h_t, e(o_t)).
 - :func:`imagine` (and its time-major loop :func:`rollout_prior`): the prior-only scan,
   from start latents with given actions or a ``policy(state, belief)`` in the loop,
-  differentiable. It needs the prior only.
+  differentiable. It needs the prior only, Gaussian (this module's) or categorical
+  (DreamerV3's :class:`~torchrl_rssm.modules.RSSMPriorV3`, whose rollout imagines through it).
 - :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence,
   episodes starting from their first observation filtered) and ``imagine`` (the scan
   above), as tensor loops. As a TensorDict module it reads and writes the same keys as
@@ -39,6 +40,8 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parameter import is_lazy
+
+from .rssm_v3 import RSSMPriorV3, imagine_step, unimix_probs
 
 Latent = dict[str, torch.Tensor]
 
@@ -245,8 +248,8 @@ def _time_major(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
 
 
 def _batch_major(x: torch.Tensor, batch: torch.Size) -> torch.Tensor:
-    """``[T, prod(B), F] -> [*B, T, F]``."""
-    return x.transpose(0, 1).reshape(*batch, x.shape[0], x.shape[-1])
+    """``[T, prod(B), *F] -> [*B, T, *F]``."""
+    return x.transpose(0, 1).reshape(*batch, x.shape[0], *x.shape[2:])
 
 
 # ------------------------------------------------------------ imagination: the prior scan
@@ -274,6 +277,13 @@ def rollout_prior(
     prior_mean, prior_std, action``. :func:`imagine` is this loop on ``[*B]`` batches; the
     planners' :class:`~torchrl_rssm.planners.TensorReturns` calls it directly.
 
+    The latent distribution is the prior's: on a DreamerV3 prior
+    (:class:`~torchrl_rssm.modules.RSSMPriorV3`, categorical latents) the loop steps
+    :func:`~torchrl_rssm.modules.imagine_step` instead, ``noise`` is ``[H, N, C]`` uniforms
+    (the inverse-CDF draws of the straight-through sample), ``sample=False`` follows each
+    categorical's mode, and the outputs are ``belief, state, prior_logits, action``.
+    :meth:`~torchrl_rssm.modules.RSSMRolloutV3.imagine` is this loop.
+
     Examples:
         >>> import torch
         >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
@@ -291,6 +301,8 @@ def rollout_prior(
     if not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"imagine: `horizon` must be a positive int, got {horizon!r}.")
     N = state.shape[0]
+    if _is_categorical(prior):  # DreamerV3's latent: the same loop over the categorical step core
+        return _rollout_categorical(prior, state, belief, action, policy, horizon, noise, sample, step)
     ours = isinstance(prior, RSSMPrior)
     if ours and sample and noise is None:
         noise = torch.randn(horizon, N, prior.state_dim, device=state.device, dtype=state.dtype)
@@ -329,6 +341,72 @@ def rollout_prior(
     return {k: torch.stack(v) for k, v in outs.items()}
 
 
+
+def _is_categorical(prior: nn.Module) -> bool:
+    """A DreamerV3 prior (this package's :class:`~torchrl_rssm.modules.RSSMPriorV3` or TorchRL's):
+    ``forward(state, belief, action) -> (logits [*B, C, K], state [*B, C*K], belief)``."""
+    return isinstance(prior, RSSMPriorV3) or hasattr(prior, "num_categoricals")
+
+
+def _mode(logits: torch.Tensor, unimix: float) -> torch.Tensor:
+    """The most likely one-hot per categorical, flattened ``[..., C*K]``, straight-through like a sample."""
+    probs = unimix_probs(logits, unimix)
+    one_hot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+    return (probs + (one_hot - probs).detach()).flatten(-2)
+
+
+def _rollout_categorical(prior, state, belief, action, policy, horizon, noise, sample, step):
+    """:func:`rollout_prior` on a categorical latent: ``imagine_step`` (transition, prior logits,
+    straight-through sample) in the loop. ``noise`` is ``[H, N, C]`` uniforms (inverse-CDF draws,
+    TorchRL's); ``sample=False`` follows each categorical's mode. Returns ``belief, state,
+    prior_logits, action``."""
+    N = state.shape[0]
+    ours = isinstance(prior, RSSMPriorV3)
+    if ours and sample and noise is None:
+        noise = torch.rand(horizon, N, prior.num_categoricals, device=state.device)
+    if noise is not None and sample and ours:
+        noise = noise.reshape(horizon, N, -1).unbind(0)
+    if action is not None and not action.is_floating_point():  # index or one-hot integer actions
+        action = action.to(state.dtype)
+    actions = action.unbind(0) if action is not None else None
+    unimix = getattr(prior, "unimix", 0.0)
+    if ours:
+        step = step if step is not None else imagine_step
+        if action is not None:  # the action's share of the first layer: one matmul over all steps
+            weights, act_in = prior.project_action(action)
+            act_in = act_in.unbind(0)
+        else:
+            weights = act_in = None
+
+        def advance(s, h, a_t, t):
+            if act_in is not None:
+                w, a_in = weights, act_in[t]
+            else:
+                w, a_in = prior.project_action(a_t)
+            if sample:
+                return step(prior, s, h, a_in, w, noise[t])
+            h = prior.transition_projected(s, h, a_in, w)
+            logits = prior.logits(h)
+            return _mode(logits, unimix), h, logits
+    else:  # a foreign prior with TorchRL's convention, stepped as it is (its own sampler)
+
+        def advance(s, h, a_t, t):
+            logits, drawn, h = prior(s, h, a_t)
+            return (drawn if sample else _mode(logits, unimix)), h, logits
+
+    outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_logits", "action")}
+    for t in range(horizon):
+        if actions is not None:
+            a_t = actions[t]
+        else:
+            a_t = policy(state, belief).reshape(N, -1)
+            a_t = a_t if a_t.is_floating_point() else a_t.to(state.dtype)
+        state, belief, logits = advance(state, belief, a_t, t)
+        for k, v in zip(outs, (belief, state, logits, a_t)):
+            outs[k].append(v)
+    return {k: torch.stack(v) for k, v in outs.items()}
+
+
 def imagine(
     prior: nn.Module,
     start: Latent,
@@ -344,7 +422,9 @@ def imagine(
     [N, D]) -> action [N, A]``, called once per step with ``N = prod(B)``) and ``horizon``.
     ``noise`` (``[*B, H, S]``) fixes the prior samples. Returns ``belief, state,
     prior_mean, prior_std, action``, each ``[*B, H, F]``; step k holds the latent after
-    k + 1 transitions. Differentiable; no parameter is updated.
+    k + 1 transitions. Differentiable; no parameter is updated. On a DreamerV3 prior
+    (categorical latents) ``noise`` is ``[*B, H, C]`` uniforms and the outputs are
+    ``belief, state, prior_logits, action`` (see :func:`rollout_prior`).
 
     Examples:
         >>> import torch
@@ -366,7 +446,7 @@ def imagine(
         )
     state = start["state"].reshape(-1, start["state"].shape[-1])
     belief = start["belief"].reshape(-1, start["belief"].shape[-1])
-    if noise is None and not isinstance(prior, RSSMPrior):
+    if noise is None and not isinstance(prior, RSSMPrior) and not _is_categorical(prior):
         h = action.shape[-2] if action is not None else horizon
         if isinstance(h, int) and h >= 1:  # as for ours: s_t = mean + std * noise, noise drawn here
             noise = torch.randn(h, state.shape[0], state.shape[-1], device=state.device, dtype=state.dtype)
