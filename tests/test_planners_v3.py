@@ -10,9 +10,19 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Bounded
 
-from torchrl_rssm.modules import (DreamerV3ContinuationHead, DreamerV3MLP, DreamerV3RewardHead,
-                                  DreamerV3VectorEncoder, RSSMPosteriorV3, RSSMPriorV3, RSSMRolloutV3,
-                                  RSSMWorldModel, filter_step, imagine, symexp_bins)
+from torchrl_rssm.modules import (
+    DreamerV3ContinuationHead,
+    DreamerV3MLP,
+    DreamerV3RewardHead,
+    DreamerV3VectorEncoder,
+    RSSMPosteriorV3,
+    RSSMPriorV3,
+    RSSMRolloutV3,
+    RSSMWorldModel,
+    filter_step,
+    imagine,
+    symexp_bins,
+)
 from torchrl_rssm.modules.rssm import rollout_prior
 from torchrl_rssm.planners import CEMPlanner, MPPIPlanner, TensorReturns
 from torchrl_rssm.policies import BeliefFilter, PlaNetPolicy
@@ -85,7 +95,7 @@ def test_plan_on_a_v3_model_finds_the_best_action(planner_cls, num_envs, with_co
     torch.manual_seed(0)
     prior, reward, continuation = hand_built_model()
     model = (prior, reward, continuation) if with_continuation else (prior, reward)
-    kw = dict(temperature=20.0) if planner_cls is MPPIPlanner else dict(top_k=50)
+    kw = {"temperature": 20.0} if planner_cls is MPPIPlanner else {"top_k": 50}
     planner = planner_cls(model, planning_horizon=4, optim_steps=8, num_candidates=500, action_spec=BOX, **kw)
     assert isinstance(planner.returns_model, TensorReturns)  # the shared loop, not the Gaussian fused scorer
     state = torch.nn.functional.one_hot(torch.randint(K, (num_envs,)), K).float()  # any start: it is ignored
@@ -161,7 +171,7 @@ def test_engine_path_equals_the_v3_rollouts_imagination_for_fixed_noise(core):
 
 
 def test_shared_loop_on_v3_is_differentiable_and_follows_modes():
-    prior, post, reward, _ = v3_networks("gru", unimix=0.0)
+    prior, _, reward, _ = v3_networks("gru", unimix=0.0)
     state, belief = torch.zeros(4, C * KK), torch.randn(4, D)
     actor = torch.nn.Linear(C * KK + D, A)
     out = imagine(prior, {"state": state, "belief": belief},
