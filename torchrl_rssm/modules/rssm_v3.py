@@ -25,6 +25,7 @@ the same function. Unlike TorchRL's, every module takes any number of batch dims
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -36,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parameter import is_lazy
 
+from .engine import _batch_major, _time_major, imagine
 from .layers_v3 import BlockLinear, RMSNorm, dreamer_v3_init, norm_silu_layers
 
 __all__ = ["RSSMPosteriorV3", "RSSMPriorV3", "RSSMRolloutV3", "filter_step", "imagine_step",
@@ -303,6 +305,15 @@ class RSSMPriorV3(nn.Module):
         weights, act_in = self.project_action(action)
         return self.transition_projected(state, belief, act_in, weights)
 
+    def step_projected(self, state: torch.Tensor, belief: torch.Tensor, act_in: torch.Tensor, weights,
+                       uniform: torch.Tensor | None = None):
+        """One prior step on a projected action (:func:`imagine_step`): ``(z_t, h_t, prior_logits)``.
+
+        The interface :func:`~torchrl_rssm.modules.engine.rollout_prior` steps, as
+        :meth:`RSSMPrior.step_projected <torchrl_rssm.modules.RSSMPrior.step_projected>`.
+        """
+        return imagine_step(self, state, belief, act_in, weights, uniform)
+
     def logits(self, belief: torch.Tensor) -> torch.Tensor:
         """Logits of p(z_t | h_t), ``[..., C, K]``."""
         return self.rnn_to_prior_projector(belief).unflatten(-1, (self.num_categoricals, self.num_classes))
@@ -435,16 +446,6 @@ def imagine_step(prior: RSSMPriorV3, state: torch.Tensor, belief: torch.Tensor, 
     belief = prior.transition_projected(state, belief, act_in, prior_weights)
     logits = prior.logits(belief)
     return prior.sample(logits, uniform), belief, logits
-
-
-def _time_major(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
-    """``[*B, T, ...] -> [T, prod(B), ...]`` (contiguous per-step slices)."""
-    return x.reshape(-1, *x.shape[batch_ndim:]).transpose(0, 1).contiguous()
-
-
-def _batch_major(x: torch.Tensor, batch: torch.Size) -> torch.Tensor:
-    """``[T, prod(B), ...] -> [*B, T, ...]``."""
-    return x.transpose(0, 1).reshape(*batch, x.shape[0], *x.shape[2:])
 
 
 class RSSMRolloutV3(TensorDictModuleBase):
@@ -698,8 +699,6 @@ class RSSMRolloutV3(TensorDictModuleBase):
         ``horizon``. ``uniform`` (``[*B, H, C]``) fixes the samples. Returns ``state, belief,
         prior_logits, action``, each ``[*B, H, ...]``; differentiable throughout.
         """
-        from .rssm import imagine  # the package's one imagination loop (rssm imports this module)
-
         if (action is None) == (policy is None):
             raise ValueError("imagine: give exactly one of `action` or `policy`.")
         if action is not None:
@@ -707,8 +706,10 @@ class RSSMRolloutV3(TensorDictModuleBase):
                 raise ValueError(f"imagine: horizon ({horizon}) differs from the actions' length ({action.shape[-2]}).")
         elif horizon is None or horizon < 1:
             raise ValueError(f"imagine: a policy needs a positive horizon, got {horizon!r}.")
+        # the package's one imagination loop, stepping this rollout's (possibly compiled) step core
+        step = functools.partial(self._imagine_step, self.prior) if self._fast else None
         out = imagine(self.prior, start, action=action, policy=policy, horizon=None if action is not None else horizon,
-                      noise=uniform, step=self._imagine_step if self._fast else None)
+                      noise=uniform, step=step)
         return {"state": out["state"], "belief": out["belief"], "prior_logits": out["prior_logits"],
                 "action": out["action"]}
 

@@ -23,7 +23,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from ..interop import strip_next
-from ..modules.rssm import rollout_prior
+from ..modules.engine import rollout_prior
 
 
 def head_value(out) -> torch.Tensor:
