@@ -13,8 +13,9 @@ one-hot sample; backward: the gradient of the probabilities) from probabilities 
 
 The step core is two tensor functions, :func:`filter_step` (prior transition, then posterior
 correction) and :func:`imagine_step` (prior transition, then prior sample); ``observe`` scans
-the first; ``imagine`` is :func:`torchrl_rssm.modules.imagine`, the package's one imagination
-loop (PlaNet's planners and Dreamer's actor use it too), which steps the second on this prior. Both take the action and the
+the first; ``imagine`` is :func:`~torchrl_rssm.modules.engine.imagine`, the package's one
+imagination loop (PlaNet's rollout, Dreamer's actor loss and the planners run it too), which
+steps the second on this prior (:meth:`RSSMPriorV3.step_projected`). Both take the action and the
 embedding already projected into the first layers (:meth:`RSSMPriorV3.project_action`,
 :meth:`RSSMPosteriorV3.project_embedding`), work a loop does once for all steps; filtering
 also applies the prior head once to all beliefs after the loop.

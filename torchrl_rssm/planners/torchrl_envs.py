@@ -3,7 +3,7 @@
 - :class:`TensorReturns`: any prior with TorchRL's call convention
   ``prior(state, belief, action) -> (mean, std, state, belief)``, DreamerV3's categorical
   prior, and any reward ``reward(state, belief)`` (two-hot heads decoded to their mean,
-  optionally weighted by a continuation head), rolled out by :func:`~torchrl_rssm.modules.rssm.rollout_prior`
+  optionally weighted by a continuation head), rolled out by :func:`~torchrl_rssm.modules.engine.rollout_prior`
   (the loop of :func:`~torchrl_rssm.modules.imagine`);
 - :class:`TensorDictReturns` / :class:`EnvStepReturns`: foreign tensordict modules
   (a model-based env's ``world_model``) or any stateless env, one batched tensordict
@@ -33,7 +33,7 @@ def head_value(out) -> torch.Tensor:
 
 
 class TensorReturns(nn.Module):
-    """Sum of predicted rewards with any prior that :func:`~torchrl_rssm.modules.rssm.rollout_prior` steps.
+    """Sum of predicted rewards with any prior that :func:`~torchrl_rssm.modules.engine.rollout_prior` steps.
 
     The prior follows TorchRL's convention: ``prior(state, belief, action) -> (mean, std,
     state, belief)`` (TorchRL's ``RSSMPrior``, or a hand-written model) or DreamerV3's
