@@ -46,7 +46,7 @@ def test_doctests_are_collected_from_every_layer():
     # the modules that had examples but no test running them before
     names = {t.name for t in DOCTESTS}
     for expected in ("torchrl_rssm.objectives.dreamer.DreamerActorLoss", "torchrl_rssm.planners.cem.CEMPlanner",
-                     "torchrl_rssm.modules.rssm.RSSMRollout", "torchrl_rssm.modules.rssm.imagine"):
+                     "torchrl_rssm.modules.rssm.RSSMRollout", "torchrl_rssm.modules.engine.imagine"):
         assert expected in names, expected
 
 

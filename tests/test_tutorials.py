@@ -24,7 +24,7 @@ import nbformat  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["01_world_model", "02_planet_with_torchrl", "03_drop_in", "04_dreamer"]
+EXPECTED = ["01_world_model", "02_planet_with_torchrl", "03_drop_in", "04_dreamer", "05_dreamerv3"]
 CELL_TIMEOUT_S = 300
 
 

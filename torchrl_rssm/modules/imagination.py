@@ -2,14 +2,14 @@
 
 :class:`FastRSSMReturns` rolls this package's RSSM prior forward from ``[M]`` start latents
 for ``[M, N, H, A]`` candidate action sequences and sums the reward head's predictions:
-the arithmetic of :func:`~torchrl_rssm.modules.rssm.imagine` followed by the reward head,
+the arithmetic of :func:`~torchrl_rssm.modules.engine.imagine` followed by the reward head,
 spelled out in place for speed (CEM and MPPI call it thousands of times per action). It is
 the only copy of the transition outside :mod:`~torchrl_rssm.modules.rssm`; a test ties it
-to :func:`~torchrl_rssm.modules.rssm.imagine` with the same noise.
+to :func:`~torchrl_rssm.modules.engine.imagine` with the same noise.
 
 The differentiable imagination (Dreamer's actor in the loop, gradients through the
-dynamics) is :func:`~torchrl_rssm.modules.rssm.imagine`, beside ``observe`` in
-:mod:`~torchrl_rssm.modules.rssm`; foreign priors (TorchRL's) are scored with its
+dynamics) is :func:`~torchrl_rssm.modules.engine.imagine`, the package's one imagination
+loop; foreign priors (TorchRL's) and DreamerV3's categorical priors are scored with its
 time-major loop by :class:`~torchrl_rssm.planners.TensorReturns`.
 """
 from __future__ import annotations

@@ -5,9 +5,11 @@ stochastic ``state`` s_t (a diagonal Gaussian sample).
 
 - :class:`RSSMPrior`: h_t = f(h_{t-1}, s_{t-1}, a_{t-1});  p(s_t | h_t).
 - :class:`RSSMPosterior`: q(s_t | h_t, e(o_t)).
-- :func:`imagine` (and its time-major loop :func:`rollout_prior`): the prior-only scan,
-  from start latents with given actions or a ``policy(state, belief)`` in the loop,
-  differentiable. It needs the prior only.
+- :func:`imagine` (and its time-major loop :func:`rollout_prior`, both defined in
+  :mod:`~torchrl_rssm.modules.engine` and re-exported here): the prior-only scan, from start
+  latents with given actions or a ``policy(state, belief)`` in the loop, differentiable. It
+  needs the prior only, Gaussian (this module's) or categorical (DreamerV3's
+  :class:`~torchrl_rssm.modules.RSSMPriorV3`, whose rollout imagines through it too).
 - :class:`RSSMRollout`: ``observe`` (posterior filtering over a ``[*B, T]`` sequence,
   episodes starting from their first observation filtered) and ``imagine`` (the scan
   above), as tensor loops. As a TensorDict module it reads and writes the same keys as
@@ -39,6 +41,10 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parameter import is_lazy
+
+from .engine import _batch_major, _time_major, imagine, rollout_prior
+
+__all__ = ["RSSMPosterior", "RSSMPrior", "RSSMRollout", "imagine", "rollout_prior"]
 
 Latent = dict[str, torch.Tensor]
 
@@ -237,144 +243,6 @@ class RSSMPosterior(nn.Module):
         if noise is None:
             noise = torch.randn_like(std)
         return mean, std, mean + std * noise
-
-
-def _time_major(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
-    """``[*B, T, F] -> [T, prod(B), F]`` (contiguous per-step slices for the loop)."""
-    return x.reshape(-1, *x.shape[batch_ndim:]).transpose(0, 1).contiguous()
-
-
-def _batch_major(x: torch.Tensor, batch: torch.Size) -> torch.Tensor:
-    """``[T, prod(B), F] -> [*B, T, F]``."""
-    return x.transpose(0, 1).reshape(*batch, x.shape[0], x.shape[-1])
-
-
-# ------------------------------------------------------------ imagination: the prior scan
-Policy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def rollout_prior(
-    prior: nn.Module,
-    state: torch.Tensor,
-    belief: torch.Tensor,
-    action: torch.Tensor | None = None,
-    policy: Policy | None = None,
-    horizon: int | None = None,
-    noise: torch.Tensor | None = None,
-    sample: bool = True,
-    step: Callable | None = None,
-) -> dict[str, torch.Tensor]:
-    """The imagination loop, time-major: ``state [N, S]``, ``belief [N, D]`` -> ``[H, N, F]`` each.
-
-    ``action`` is ``[H, N, A]`` (or ``policy`` and ``horizon``); ``noise`` ``[H, N, S]``
-    (standard normal) fixes the prior samples: s_t = mean + std * noise. Without
-    ``noise``, this package's prior draws it and a foreign prior uses its own sample;
-    ``sample=False`` follows the prior means. ``step`` replaces
-    :meth:`RSSMPrior.step_projected` (e.g. its compiled version). Returns ``belief, state,
-    prior_mean, prior_std, action``. :func:`imagine` is this loop on ``[*B]`` batches; the
-    planners' :class:`~torchrl_rssm.planners.TensorReturns` calls it directly.
-
-    Examples:
-        >>> import torch
-        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
-        >>> out = rollout_prior(prior, torch.zeros(5, 4), torch.zeros(5, 8), action=torch.zeros(7, 5, 2),
-        ...                     sample=False)
-        >>> out["belief"].shape, torch.equal(out["state"], out["prior_mean"])  # time-major; means followed
-        (torch.Size([7, 5, 8]), True)
-    """
-    if (action is None) == (policy is None):
-        raise ValueError("imagine: pass exactly one of `action` ([*B, H, A]) or `policy`.")
-    if action is not None:
-        horizon = action.shape[0]
-    if horizon is None:
-        raise ValueError("imagine: `horizon` is required with a policy.")
-    if not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"imagine: `horizon` must be a positive int, got {horizon!r}.")
-    N = state.shape[0]
-    ours = isinstance(prior, RSSMPrior)
-    if ours and sample and noise is None:
-        noise = torch.randn(horizon, N, prior.state_dim, device=state.device, dtype=state.dtype)
-    if noise is not None and sample:
-        noise = noise.reshape(horizon, N, -1).unbind(0)  # unbind, not [t]: O(H) backward, not O(H^2)
-    actions = action.unbind(0) if action is not None else None
-    # the path is chosen once, before the loop: one step function of (state, belief, a_t, t)
-    if ours:
-        step = step if step is not None else prior.step_projected
-        if action is not None:  # the action's share of the first layer: one matmul over all steps
-            w_state, act_proj = prior.project_action(action)
-            act_proj = act_proj.unbind(0)
-        else:
-            w_state, act_proj = prior.project_action(state.new_zeros(1, prior.action_dim))[0], None
-
-        def advance(s, h, a_t, t):
-            a_proj = act_proj[t] if act_proj is not None else prior.project_action(a_t)[1]
-            if sample:
-                return step(s, h, a_proj, w_state, noise[t])
-            h = prior.transition_projected(s, h, a_proj, w_state)
-            mean, std = prior.stats(h)
-            return mean, h, mean, std
-    else:  # a foreign prior with TorchRL's convention, stepped as it is
-
-        def advance(s, h, a_t, t):
-            mean, std, drawn, h = prior(s, h, a_t)
-            s = (drawn if noise is None else mean + std * noise[t]) if sample else mean
-            return s, h, mean, std
-
-    outs: dict[str, list] = {k: [] for k in ("belief", "state", "prior_mean", "prior_std", "action")}
-    for t in range(horizon):
-        a_t = actions[t] if actions is not None else policy(state, belief).reshape(N, -1)
-        state, belief, mean, std = advance(state, belief, a_t, t)
-        for k, v in zip(outs, (belief, state, mean, std, a_t)):
-            outs[k].append(v)
-    return {k: torch.stack(v) for k, v in outs.items()}
-
-
-def imagine(
-    prior: nn.Module,
-    start: Latent,
-    action: torch.Tensor | None = None,
-    policy: Policy | None = None,
-    horizon: int | None = None,
-    noise: torch.Tensor | None = None,
-    step: Callable | None = None,
-) -> Latent:
-    """Open-loop prior rollout from ``start`` (``{"state": [*B, S], "belief": [*B, D]}``).
-
-    Give either ``action`` (``[*B, H, A]``) or ``policy`` (``policy(state [N, S], belief
-    [N, D]) -> action [N, A]``, called once per step with ``N = prod(B)``) and ``horizon``.
-    ``noise`` (``[*B, H, S]``) fixes the prior samples. Returns ``belief, state,
-    prior_mean, prior_std, action``, each ``[*B, H, F]``; step k holds the latent after
-    k + 1 transitions. Differentiable; no parameter is updated.
-
-    Examples:
-        >>> import torch
-        >>> prior = RSSMPrior(None, action_dim=2, state_dim=4, rnn_hidden_dim=8, hidden_dim=8)
-        >>> start = {"state": torch.zeros(3, 5, 4), "belief": torch.zeros(3, 5, 8)}
-        >>> actor = torch.nn.Linear(12, 2)
-        >>> out = imagine(prior, start, policy=lambda s, h: torch.tanh(actor(torch.cat([s, h], -1))), horizon=15)
-        >>> out["state"].shape, out["action"].shape
-        (torch.Size([3, 5, 15, 4]), torch.Size([3, 5, 15, 2]))
-        >>> out["belief"].sum().backward()
-        >>> actor.weight.grad is not None
-        True
-    """
-    batch = start["state"].shape[:-1]
-    nb = len(batch)
-    if action is not None and action.shape[:-2] != batch:
-        raise ValueError(
-            f"imagine: action must have shape [*B, H, A] with B={tuple(batch)}, got {tuple(action.shape)}."
-        )
-    state = start["state"].reshape(-1, start["state"].shape[-1])
-    belief = start["belief"].reshape(-1, start["belief"].shape[-1])
-    if noise is None and not isinstance(prior, RSSMPrior):
-        h = action.shape[-2] if action is not None else horizon
-        if isinstance(h, int) and h >= 1:  # as for ours: s_t = mean + std * noise, noise drawn here
-            noise = torch.randn(h, state.shape[0], state.shape[-1], device=state.device, dtype=state.dtype)
-    elif noise is not None:
-        noise = _time_major(noise, nb)
-    out = rollout_prior(prior, state, belief, action=None if action is None else _time_major(action, nb),
-                        policy=policy, horizon=horizon, noise=noise, step=step)
-    return {k: _batch_major(v, batch) for k, v in out.items()}
 
 
 class RSSMRollout(TensorDictModuleBase):

@@ -12,8 +12,10 @@ one-hot sample; backward: the gradient of the probabilities) from probabilities 
   TensorDict module it reads and writes TorchRL's keys.
 
 The step core is two tensor functions, :func:`filter_step` (prior transition, then posterior
-correction) and :func:`imagine_step` (prior transition, then prior sample); ``observe`` and
-``imagine`` scan them (as danijar/dreamerv3's ``RSSM._core``). Both take the action and the
+correction) and :func:`imagine_step` (prior transition, then prior sample); ``observe`` scans
+the first; ``imagine`` is :func:`~torchrl_rssm.modules.engine.imagine`, the package's one
+imagination loop (PlaNet's rollout, Dreamer's actor loss and the planners run it too), which
+steps the second on this prior (:meth:`RSSMPriorV3.step_projected`). Both take the action and the
 embedding already projected into the first layers (:meth:`RSSMPriorV3.project_action`,
 :meth:`RSSMPosteriorV3.project_embedding`), work a loop does once for all steps; filtering
 also applies the prior head once to all beliefs after the loop.
@@ -24,6 +26,7 @@ the same function. Unlike TorchRL's, every module takes any number of batch dims
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -35,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parameter import is_lazy
 
+from .engine import _batch_major, _time_major, imagine
 from .layers_v3 import BlockLinear, RMSNorm, dreamer_v3_init, norm_silu_layers
 
 __all__ = ["RSSMPosteriorV3", "RSSMPriorV3", "RSSMRolloutV3", "filter_step", "imagine_step",
@@ -302,6 +306,15 @@ class RSSMPriorV3(nn.Module):
         weights, act_in = self.project_action(action)
         return self.transition_projected(state, belief, act_in, weights)
 
+    def step_projected(self, state: torch.Tensor, belief: torch.Tensor, act_in: torch.Tensor, weights,
+                       uniform: torch.Tensor | None = None):
+        """One prior step on a projected action (:func:`imagine_step`): ``(z_t, h_t, prior_logits)``.
+
+        The interface :func:`~torchrl_rssm.modules.engine.rollout_prior` steps, as
+        :meth:`RSSMPrior.step_projected <torchrl_rssm.modules.RSSMPrior.step_projected>`.
+        """
+        return imagine_step(self, state, belief, act_in, weights, uniform)
+
     def logits(self, belief: torch.Tensor) -> torch.Tensor:
         """Logits of p(z_t | h_t), ``[..., C, K]``."""
         return self.rnn_to_prior_projector(belief).unflatten(-1, (self.num_categoricals, self.num_classes))
@@ -434,16 +447,6 @@ def imagine_step(prior: RSSMPriorV3, state: torch.Tensor, belief: torch.Tensor, 
     belief = prior.transition_projected(state, belief, act_in, prior_weights)
     logits = prior.logits(belief)
     return prior.sample(logits, uniform), belief, logits
-
-
-def _time_major(x: torch.Tensor, batch_ndim: int) -> torch.Tensor:
-    """``[*B, T, ...] -> [T, prod(B), ...]`` (contiguous per-step slices)."""
-    return x.reshape(-1, *x.shape[batch_ndim:]).transpose(0, 1).contiguous()
-
-
-def _batch_major(x: torch.Tensor, batch: torch.Size) -> torch.Tensor:
-    """``[T, prod(B), ...] -> [*B, T, ...]``."""
-    return x.transpose(0, 1).reshape(*batch, x.shape[0], *x.shape[2:])
 
 
 class RSSMRolloutV3(TensorDictModuleBase):
@@ -584,6 +587,32 @@ class RSSMRolloutV3(TensorDictModuleBase):
         return {"state": torch.zeros(*batch_shape, self.state_dim, **kw),
                 "belief": torch.zeros(*batch_shape, self.belief_dim, **kw)}
 
+    def initial_belief(self, device=None, dtype=None) -> torch.Tensor:
+        """h_0 = f(0, 0, a=0): the belief entering an episode's first filtering step (``observe``
+        zeroes state, belief and action at ``is_init``), ``[D]``. The acting belief filter starts here."""
+        zeros = self.initial((1,), device, dtype)
+        action = zeros["state"].new_zeros(1, self._action_dim())
+        if self._fast:
+            return self.prior.transition(zeros["state"], zeros["belief"], action)[0]
+        return self.prior(zeros["state"], zeros["belief"], action)[-1][0]
+
+    def posterior_sample(self, belief: torch.Tensor, embedding: torch.Tensor,
+                         noise: torch.Tensor | None = None) -> torch.Tensor:
+        """z_t ~ q(z_t | h_t, e(o_t)), a flattened one-hot ``[*B, C*K]``, any leading dims; ``noise``
+        (``[*B, C]`` uniforms) fixes the draw. The acting belief filter's one posterior step."""
+        if self._fast:
+            return self.posterior.sample(self.posterior.logits(belief, embedding), noise)
+        return self.posterior(belief, embedding)[-1]
+
+    def _action_dim(self) -> int:
+        dim = getattr(self.prior, "action_dim", None)
+        if dim is None:
+            shape = getattr(self.prior, "action_shape", None)
+            if not shape:
+                raise ValueError("RSSMRolloutV3: the prior declares neither action_dim nor action_shape.")
+            dim = shape[-1]
+        return int(dim)
+
     # ------------------------------------------------------------------ observe
     def observe(self, embedding: torch.Tensor, action: torch.Tensor, is_init: torch.Tensor | None = None,
                 start: Latent | None = None, uniform: torch.Tensor | None = None) -> Latent:
@@ -673,45 +702,17 @@ class RSSMRolloutV3(TensorDictModuleBase):
         """
         if (action is None) == (policy is None):
             raise ValueError("imagine: give exactly one of `action` or `policy`.")
-        batch = start["state"].shape[:-1]
-        state = start["state"].reshape(-1, self.state_dim)
-        belief = start["belief"].reshape(-1, self.belief_dim)
         if action is not None:
-            H = action.shape[-2]
-            if horizon is not None and horizon != H:
-                raise ValueError(f"imagine: horizon ({horizon}) differs from the actions' length ({H}).")
-            act = _time_major(action, len(batch))
-            if not act.is_floating_point():
-                act = act.to(state.dtype)
-            if self._fast:
-                prior_weights, act_in = self.prior.project_action(act)  # all steps at once, off the loop
-                act_in = act_in.unbind(0)  # per-step views with one stacked backward (see observe)
+            if horizon is not None and horizon != action.shape[-2]:
+                raise ValueError(f"imagine: horizon ({horizon}) differs from the actions' length ({action.shape[-2]}).")
         elif horizon is None or horizon < 1:
             raise ValueError(f"imagine: a policy needs a positive horizon, got {horizon!r}.")
-        else:
-            H = horizon
-        u = (torch.rand(H, state.shape[0], self.prior.num_categoricals, device=state.device) if uniform is None
-             else _time_major(uniform, len(batch)))
-        states, beliefs, logits_seq, actions = [], [], [], []
-        for t in range(H):
-            if action is not None:
-                a = act[t] if not self._fast else None
-                if self._fast:
-                    act_t = act_in[t]
-            else:
-                a = policy(state, belief)
-                a = a if a.is_floating_point() else a.to(state.dtype)
-                actions.append(a)
-                if self._fast:
-                    prior_weights, act_t = self.prior.project_action(a)
-            if self._fast:
-                state, belief, logits = self._imagine_step(self.prior, state, belief, act_t, prior_weights, u[t])
-            else:
-                logits, state, belief = self.prior(state, belief, a)
-            states.append(state), beliefs.append(belief), logits_seq.append(logits)
-        out = {"state": torch.stack(states), "belief": torch.stack(beliefs), "prior_logits": torch.stack(logits_seq),
-                   "action": torch.stack(actions) if policy is not None else act}
-        return {k: _batch_major(v, batch) for k, v in out.items()}
+        # the package's one imagination loop, stepping this rollout's (possibly compiled) step core
+        step = functools.partial(self._imagine_step, self.prior) if self._fast else None
+        out = imagine(self.prior, start, action=action, policy=policy, horizon=None if action is not None else horizon,
+                      noise=uniform, step=step)
+        return {"state": out["state"], "belief": out["belief"], "prior_logits": out["prior_logits"],
+                "action": out["action"]}
 
     # --------------------------------------------------------------- tensordict
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

@@ -17,6 +17,7 @@ from torch import nn
 from torchrl.data import TensorSpec
 
 from ..interop import find_dreamer_env_prior, find_dreamer_env_reward
+from ..modules.heads_v3 import DreamerV3TwoHotHead
 from ..modules.imagination import FastRSSMReturns
 from ..modules.rssm import RSSMPrior
 from ..modules.world_model import RSSMWorldModel
@@ -43,6 +44,7 @@ class PlannerBase(TensorDictModuleBase):
         *,
         action_spec: TensorSpec | None = None,
         reward_model: nn.Module | None = None,
+        continuation_model: nn.Module | None = None,
         state_key: NestedKey = "state",
         belief_key: NestedKey = "belief",
         warm_start: bool = False,
@@ -72,7 +74,7 @@ class PlannerBase(TensorDictModuleBase):
         self.warm_start, self.plan_key, self.is_init_key = warm_start, plan_key, is_init_key
         self.init_std, self.warm_std, self.min_std = init_std, warm_std, min_std
         self.env = None
-        self._resolve(model, action_spec, reward_model, sample_states)
+        self._resolve(model, action_spec, reward_model, sample_states, continuation_model)
         self.space = ActionSpace(self.action_spec)
         out = [action_key] + ([plan_key] if warm_start else [])
         self.in_keys = list(self._start_keys) + ([plan_key, is_init_key] if warm_start else [])
@@ -95,7 +97,7 @@ class PlannerBase(TensorDictModuleBase):
         self._graphs: dict = {}
 
     # ------------------------------------------------------------ construction
-    def _resolve(self, model, action_spec, reward_model, sample_states) -> None:
+    def _resolve(self, model, action_spec, reward_model, sample_states, continuation_model=None) -> None:
         """Turns the ``model`` argument into a returns function and the input keys."""
         from torchrl.envs import EnvBase
 
@@ -103,14 +105,18 @@ class PlannerBase(TensorDictModuleBase):
         if isinstance(model, RSSMWorldModel):
             prior = model.rollout.prior
             reward = reward_model if reward_model is not None else model.reward_model
-            self.returns_model = self._tensor_returns(prior, reward, sample_states)
+            self.returns_model = self._tensor_returns(prior, reward, sample_states, continuation_model)
             self.action_spec = action_spec
             if action_spec is None:
                 raise ValueError("`action_spec` is required when planning with a world model "
                                  "(e.g. action_spec=env.action_spec).")
-        elif isinstance(model, (tuple, list)) and len(model) == 2:
-            prior, reward = model
-            self.returns_model = self._tensor_returns(prior, reward, sample_states)
+        elif isinstance(model, (tuple, list)) and len(model) in (2, 3):
+            prior, reward, *continuation = model
+            if continuation and continuation_model is not None:
+                raise ValueError("Give the continuation head once: in `model` (prior, reward, continuation) or as "
+                                 "`continuation_model`, not both.")
+            continuation = continuation[0] if continuation else continuation_model
+            self.returns_model = self._tensor_returns(prior, reward, sample_states, continuation)
             self.action_spec = action_spec
             if action_spec is None:
                 raise ValueError("`action_spec` is required when planning with (prior, reward).")
@@ -127,8 +133,11 @@ class PlannerBase(TensorDictModuleBase):
                 prior = find_dreamer_env_prior(world_model, self.state_key, self.belief_key, self.action_key)
                 reward = find_dreamer_env_reward(world_model, self.state_key, self.belief_key, self.reward_key)
             if prior is not None and reward is not None:
-                self.returns_model = self._tensor_returns(prior, reward, sample_states)
+                self.returns_model = self._tensor_returns(prior, reward, sample_states, continuation_model)
             else:
+                if continuation_model is not None:
+                    raise ValueError("`continuation_model` needs a tensor model (a world model, (prior, reward) or a "
+                                     "DreamerEnv whose prior and reward head are found); this env runs tensordicts.")
                 self._tensor_path = False
                 self._start_keys = list(model.observation_spec.keys(True, True))
                 if world_model is not None and not hasattr(model, "transform"):
@@ -140,18 +149,20 @@ class PlannerBase(TensorDictModuleBase):
                 return
         else:
             raise TypeError(
-                "`model` must be a torchrl_rssm RSSMWorldModel, a TorchRL model-based env (e.g. DreamerEnv) "
-                f"or a (prior, reward) pair; got {type(model).__name__}."
+                "`model` must be a torchrl_rssm RSSMWorldModel, a TorchRL model-based env (e.g. DreamerEnv), "
+                f"a (prior, reward) pair or a (prior, reward, continuation) triple; got {type(model).__name__}."
             )
         self._start_keys = [self.state_key, self.belief_key]
         self.state_dim = self.returns_model.state_dim
         self.belief_dim = self.returns_model.belief_dim
 
     @staticmethod
-    def _tensor_returns(prior, reward, sample_states) -> nn.Module:
-        if isinstance(prior, RSSMPrior):
+    def _tensor_returns(prior, reward, sample_states, continuation=None) -> nn.Module:
+        # the fused scorer spells out PlaNet's Gaussian step and a scalar reward head; every other
+        # model (DreamerV3's categorical prior, two-hot heads, a continuation head) runs the shared loop
+        if isinstance(prior, RSSMPrior) and continuation is None and not isinstance(reward, DreamerV3TwoHotHead):
             return FastRSSMReturns(prior, reward, sample=sample_states)
-        return TensorReturns(prior, reward, sample=sample_states)
+        return TensorReturns(prior, reward, sample=sample_states, continuation=continuation)
 
     # ------------------------------------------------------------- optimiser
     def search(self, returns_fn: Returns, mean: torch.Tensor, std: torch.Tensor,

@@ -91,7 +91,17 @@ class CEMPlanner(PlannerBase):
               tensordict per step; any other stateless env is stepped with
               ``env.step`` (like TorchRL's planner, minus ``env.rollout``);
             - a pair ``(prior, reward)``: ``prior(state, belief, action) -> (mean, std,
-              state, belief)`` (TorchRL's convention) and ``reward(state, belief)``.
+              state, belief)`` (TorchRL's convention) and ``reward(state, belief)``;
+              or a triple ``(prior, reward, continuation)``.
+
+            DreamerV3 world models plan too: an ``RSSMWorldModel`` holding an
+            :class:`~torchrl_rssm.modules.RSSMRolloutV3`, or ``(RSSMPriorV3, reward)``.
+            The categorical prior is stepped by the same imagination loop as its
+            rollout's ``imagine``; a two-hot reward head
+            (:class:`~torchrl_rssm.modules.DreamerV3RewardHead`) is read at its decoded
+            expectation, and a continuation head weights each step's reward by the
+            probability that the episode is still running
+            (:class:`~torchrl_rssm.planners.TensorReturns`).
         planning_horizon (H): length of the imagined sequences (PlaNet: 12).
         optim_steps (I): CEM iterations (PlaNet: 10).
         num_candidates (N): sequences sampled per iteration (PlaNet: 1000).
@@ -103,6 +113,9 @@ class CEMPlanner(PlannerBase):
         action_spec: the action spec (default: the env's). Bounded and unbounded
             float boxes ``[A]``, ``OneHot`` and ``Categorical`` specs.
         reward_model: overrides the world model's reward head.
+        continuation_model: a continuation head ``(state, belief) -> (logits, probability)``
+            (e.g. :class:`~torchrl_rssm.modules.DreamerV3ContinuationHead`): rewards after a
+            predicted episode end count less (see above). Default: none, every step counts.
         state_key, belief_key: where the latent is read (``"state"``, ``"belief"``).
         warm_start: start from the previous plan shifted by one step (read from and
             written to ``plan_key``, default ``"plan"``; rows where ``is_init_key`` is

@@ -1,8 +1,9 @@
 """Scoring candidates with world models other than this package's RSSM.
 
 - :class:`TensorReturns`: any prior with TorchRL's call convention
-  ``prior(state, belief, action) -> (mean, std, state, belief)`` and any reward
-  ``reward(state, belief)``, rolled out by :func:`~torchrl_rssm.modules.rssm.rollout_prior`
+  ``prior(state, belief, action) -> (mean, std, state, belief)``, DreamerV3's categorical
+  prior, and any reward ``reward(state, belief)`` (two-hot heads decoded to their mean,
+  optionally weighted by a continuation head), rolled out by :func:`~torchrl_rssm.modules.engine.rollout_prior`
   (the loop of :func:`~torchrl_rssm.modules.imagine`);
 - :class:`TensorDictReturns` / :class:`EnvStepReturns`: foreign tensordict modules
   (a model-based env's ``world_model``) or any stateless env, one batched tensordict
@@ -22,21 +23,37 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from ..interop import strip_next
-from ..modules.rssm import rollout_prior
+from ..modules.engine import rollout_prior
+
+
+def head_value(out) -> torch.Tensor:
+    """A head's prediction as a value: DreamerV3's heads return ``(logits, value)`` (a two-hot
+    reward head's decoded expectation, a continuation head's probability): the last element."""
+    return out[-1] if isinstance(out, (tuple, list)) else out
 
 
 class TensorReturns(nn.Module):
-    """Sum of predicted rewards with any prior following TorchRL's convention.
+    """Sum of predicted rewards with any prior that :func:`~torchrl_rssm.modules.engine.rollout_prior` steps.
 
-    ``prior(state, belief, action) -> (mean, std, state, belief)`` (TorchRL's
-    ``RSSMPrior``, or a hand-written model) and ``reward(state, belief) -> [..., 1]``.
-    One tensor step per imagined step; the reward head runs once after the loop.
+    The prior follows TorchRL's convention: ``prior(state, belief, action) -> (mean, std,
+    state, belief)`` (TorchRL's ``RSSMPrior``, or a hand-written model) or DreamerV3's
+    categorical one (:class:`~torchrl_rssm.modules.RSSMPriorV3`, ours or TorchRL's:
+    ``-> (logits, state, belief)``); ``reward(state, belief)`` returns ``[..., 1]`` or
+    ``(logits, value)`` (a two-hot head such as
+    :class:`~torchrl_rssm.modules.DreamerV3RewardHead`: its decoded expectation is summed).
+    With a ``continuation`` head (``(logits, probability)``, e.g.
+    :class:`~torchrl_rssm.modules.DreamerV3ContinuationHead`) the reward of step t is
+    weighted by the probability that the episode is still running: the product of the
+    continuation probabilities of the latents before it (the reward on entering a
+    terminal latent counts, the ones after it do not). One tensor step per imagined step;
+    the heads run once after the loop.
 
     Args:
         prior, reward: the networks.
         state_dim, belief_dim: sizes of the latent parts (read from the prior when
             it has ``state_dim`` / ``rnn_hidden_dim``).
-        sample: use the prior's sample (default) or its mean as the next state.
+        sample: use the prior's sample (default) or its mean (its mode when categorical).
+        continuation: optional continuation head ``(state, belief) -> probability``.
 
     Examples:
         >>> import torch
@@ -46,23 +63,42 @@ class TensorReturns(nn.Module):
         >>> returns = TensorReturns(prior, lambda state, belief: state.sum(-1, keepdim=True), sample=False)
         >>> returns(torch.zeros(3, 4), torch.zeros(3, 8), torch.randn(3, 10, 5, 2)).shape  # [M envs, N candidates]
         torch.Size([3, 10])
+        >>> from torchrl_rssm.modules import DreamerV3ContinuationHead, DreamerV3RewardHead, RSSMPriorV3
+        >>> prior = RSSMPriorV3(action_shape=(2,), hidden_dim=8, rnn_hidden_dim=8, num_categoricals=2,
+        ...                     num_classes=4, action_dim=2)
+        >>> returns = TensorReturns(prior, DreamerV3RewardHead(16, num_cells=8),
+        ...                         continuation=DreamerV3ContinuationHead(16, num_cells=8))
+        >>> with torch.no_grad():  # the planners score without autograd
+        ...     scores = returns(torch.zeros(3, 8), torch.zeros(3, 8), torch.randn(3, 10, 5, 2))
+        >>> scores.shape, bool((scores == 0).all())  # a zero-initialised two-hot head predicts exactly 0
+        (torch.Size([3, 10]), True)
     """
 
     def __init__(self, prior: nn.Module, reward: nn.Module, state_dim: int | None = None,
-                 belief_dim: int | None = None, sample: bool = True):
+                 belief_dim: int | None = None, sample: bool = True, continuation: nn.Module | None = None):
         super().__init__()
         self.prior, self.reward, self.sample = prior, reward, sample
+        self.continuation = continuation
         self.state_dim = state_dim if state_dim is not None else getattr(prior, "state_dim", None)
         self.belief_dim = belief_dim if belief_dim is not None else getattr(prior, "rnn_hidden_dim", None)
 
-    def forward(self, state: torch.Tensor, belief: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: torch.Tensor, belief: torch.Tensor, actions: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise`` (time-major ``[H, M * N, F]``: standard normal, or uniforms ``[H, M * N, C]``
+        for categorical latents) fixes the prior samples."""
         M, N, H, A = actions.shape
         s = state.unsqueeze(1).expand(M, N, *state.shape[1:]).reshape(M * N, *state.shape[1:])
         h = belief.unsqueeze(1).expand(M, N, *belief.shape[1:]).reshape(M * N, *belief.shape[1:])
         acts = actions.reshape(M * N, H, A).transpose(0, 1)  # time-major [H, M * N, A]
-        out = rollout_prior(self.prior, s, h, action=acts, sample=self.sample)
-        rewards = self.reward(out["state"].transpose(0, 1), out["belief"].transpose(0, 1))  # [M * N, H, 1]
-        return rewards.reshape(M, N, H).sum(-1)
+        out = rollout_prior(self.prior, s, h, action=acts, sample=self.sample, noise=noise)
+        states, beliefs = out["state"].transpose(0, 1), out["belief"].transpose(0, 1)  # [M * N, H, F]
+        rewards = head_value(self.reward(states, beliefs)).reshape(M, N, H)
+        if self.continuation is not None:
+            alive = head_value(self.continuation(states, beliefs)).reshape(M, N, H)
+            # step t counts if the episode went on after every latent before it
+            weights = torch.cat([torch.ones_like(alive[..., :1]), alive[..., :-1].cumprod(-1)], -1)
+            rewards = rewards * weights
+        return rewards.sum(-1)
 
 
 def _mask_after_done(rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:

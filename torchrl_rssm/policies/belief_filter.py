@@ -61,7 +61,10 @@ class BeliefFilter(TensorDictModuleBase):
 
     Args:
         world_model: a :class:`~torchrl_rssm.modules.RSSMWorldModel` (encoder, posterior and
-            prior are taken from it).
+            prior are taken from it). Its rollout may be PlaNet's
+            :class:`~torchrl_rssm.modules.RSSMRollout` or DreamerV3's
+            :class:`~torchrl_rssm.modules.RSSMRolloutV3` (categorical latents: ``state`` is the
+            flattened one-hot sample, one posterior step per environment step all the same).
 
     Keyword Args:
         obs_key: observation key (default: the world model's, ``pixels`` or ``observation``).
@@ -181,6 +184,7 @@ class BeliefFilter(TensorDictModuleBase):
                 next_belief = rollout.prior.transition(s, h, action.to(h.dtype))
             else:
                 flat = (s.reshape(-1, s.shape[-1]), h.reshape(-1, h.shape[-1]), action.reshape(-1, action.shape[-1]))
-                next_belief = rollout.prior(*flat)[3].reshape(h.shape)
+                # the belief is the prior's last output: (mean, std, state, belief) or V3's (logits, state, belief)
+                next_belief = rollout.prior(*flat)[-1].reshape(h.shape)
         tensordict.set(("next", self.belief_key), next_belief)
         return tensordict

@@ -27,7 +27,11 @@ class PlaNetPolicy(FilterThenAct):
 
     Args:
         world_model: a :class:`~torchrl_rssm.modules.RSSMWorldModel` (encoder,
-            posterior, prior and reward head are taken from it).
+            posterior, prior and reward head are taken from it). Its rollout may be
+            DreamerV3's :class:`~torchrl_rssm.modules.RSSMRolloutV3` (categorical latents, a
+            two-hot reward head read at its mean; pass ``continuation_model=`` to weight the
+            imagined rewards by the continuation head, see
+            :class:`~torchrl_rssm.planners.CEMPlanner`).
         planner: a :class:`~torchrl_rssm.planners.CEMPlanner` /
             :class:`~torchrl_rssm.planners.MPPIPlanner` on the same world model
             (default: ``CEMPlanner(world_model, action_spec=action_spec, **planner_kwargs)``
