@@ -48,7 +48,8 @@ def _field(default: Any, help: str) -> Any:
 class Env:
     """The task (feeds :func:`~torchrl_rssm.envs.make_env`; ``env`` is its ``name``)."""
 
-    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task>, gym:<id>, or gym:<module>:<id> (imports <module> first)")
+    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task>, gym:<id>, or gym:<module>:<id> "
+                                              "(imports <module> first)")
     from_pixels: bool = _field(True, "observe images, image_size pixels square (else the state vector)")
     action_repeat: int | None = _field(None, "env steps per agent step; None: the paper's value for its DMC "
                                              "domains, else 1")
