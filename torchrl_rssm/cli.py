@@ -141,7 +141,7 @@ def _parser(preset_name: str = "quick") -> argparse.ArgumentParser:
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar: a status line per test and per checkpoint on stderr instead")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any configuration field (repeatable; fields listed below)")
+                       help="override any configuration field (repeatable; fields listed above)")
 
     ev = sub.add_parser("eval", help="run test episodes from a checkpoint")
     ev.add_argument("--checkpoint", required=True,

@@ -231,9 +231,9 @@ def _field(default: Any, help: str, check: Check | None = None) -> Any:
 class Env:
     """The task (feeds :func:`~torchrl_rssm.envs.make_env`; ``env`` is its ``name``)."""
 
-    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task> or gym:<id>",
+    env: str = _field("dmc:cartpole-swingup", "task: dmc:<domain>-<task>, gym:<id>, or gym:<module>:<id> (imports <module> first)",
                                               _text("a task name: dmc:<domain>-<task> or gym:<id>", test=_task_name))
-    from_pixels: bool = _field(True, "observe 64x64 images (else the state vector)", _FLAG)
+    from_pixels: bool = _field(True, "observe images, image_size pixels square (else the state vector)", _FLAG)
     action_repeat: int | None = _field(None, "env steps per agent step; None: the paper's value for its DMC domains, "
                                              "else 1", _int(1, optional=True))
     max_episode_steps: int | None = _field(None, "agent steps per episode; None: the task's limit (DMC: 1000 env steps "
