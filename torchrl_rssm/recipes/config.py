@@ -388,17 +388,20 @@ for _task in ("cartpole-swingup", "cartpole-balance", "reacher-easy", "cheetah-r
                                          logdir=f"runs/dreamerv3-{_task}")
 # DreamerV3 on this 2-core CPU at one thread, one setting for every task (only --env changes; action
 # repeat: 2 on DMC by the agent's protocol, else 1): a small model (belief 128, 8 x 8 categoricals,
-# hidden 128, one hidden layer), batch 16 x 32, faster learning rates than the paper's for a short
-# run, 60 episodes after 5 seed episodes (DMC: 65 x 500 agent steps) at 0.25 updates per agent step.
+# hidden 128, one hidden layer), batch 16 x 16 (256 imagination starts), faster learning rates than the
+# paper's for a short run. Sized from one measured update (about 0.8 s at one thread with the other
+# core busy; imagination dominates) and about 20 ms per collected agent step: 40 episodes of 500
+# agent steps (DMC) take ~400 s to collect, and 0.1 updates per agent step (~1,750 updates) ~1,400 s.
 PRESETS["dreamerv3-quick"] = dict(
     DREAMERV3_PAPER, env="dmc:cartpole-swingup", action_repeat=None, belief_dim=128, hidden_dim=128,
-    num_categoricals=8, num_classes=8, mlp_layers=1, model_lr=3e-4, actor_critic_lr=1e-4, batch_size=16,
-    chunk_length=32, seed_episodes=5, episodes=60, train_ratio=0.25, test_every=10, test_episodes=4,
+    num_categoricals=8, num_classes=8, mlp_layers=1, model_lr=6e-4, actor_critic_lr=2e-4, batch_size=16,
+    chunk_length=16, seed_episodes=5, episodes=35, train_ratio=0.1, test_every=10, test_episodes=4,
     checkpoint_every=10, video_every=20, num_threads=1, logdir="runs/dreamerv3-quick",
 )
-# The same from 64x64 pixels (half-width convs), fewer updates per step for a 60-minute budget.
+# The same from 64x64 pixels (half-width convs: 16 base channels), half the updates per step for a
+# 60-minute budget (not yet measured end to end).
 PRESETS["dreamerv3-quick-pixels"] = dict(
-    PRESETS["dreamerv3-quick"], from_pixels=True, channels=16, episodes=40, train_ratio=0.125,
+    PRESETS["dreamerv3-quick"], from_pixels=True, channels=8, batch_size=8, episodes=25, train_ratio=0.05,
     logdir="runs/dreamerv3-quick-pixels",
 )
 # A few seconds: the tests' DreamerV3 run.

@@ -105,7 +105,7 @@ class DreamerV3Agent(Agent):
                               TensorDictModule(wm.reward_head, in_keys=_LATENT, out_keys=["reward_logits", "reward"])),
             prior_shape=(rollout.state_dim,), belief_shape=(rollout.belief_dim,))
         continuation = TensorDictModule(wm.continuation_head, in_keys=_LATENT, out_keys=["continue_pred", "continuation"])
-        self.model_loss = DreamerV3ModelLoss.from_paper(wm, reco_symlog=not cfg.from_pixels,
+        self.model_loss = DreamerV3ModelLoss.from_paper(wm, unimix=cfg.unimix, reco_symlog=not cfg.from_pixels,
                                                         detach_output=not cfg.replay_value_weight)
         self.model_loss.set_keys(pixels=self.obs_key, reco_pixels=wm.reco_key)
         self.actor_loss = DreamerV3ActorLoss.from_paper(
