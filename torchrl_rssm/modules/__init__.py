@@ -14,6 +14,7 @@ from .rssm_v3 import (RSSMPosteriorV3, RSSMPriorV3, RSSMRolloutV3, filter_step, 
 from .two_hot import (SymExpTwoHot, symexp, symexp_bins, symlog, two_hot_cross_entropy, two_hot_decode,
                       two_hot_encode)
 from .world_model import RSSMWorldModel, make_world_model
+from .world_model_v3 import DreamerV3WorldModel, make_world_model_v3
 
 # TorchRL names, so that `from torchrl_rssm.modules import ObsEncoder` is a drop-in import.
 ObsEncoder = ConvEncoder
@@ -22,11 +23,11 @@ ObsDecoder = ConvDecoder
 __all__ = [
     "ConvDecoder", "ConvEncoder", "DreamerActor", "DreamerV3BoundedNormalActor", "DreamerV3ContinuationHead",
     "DreamerV3DiscreteActor", "DreamerV3ImageDecoder", "DreamerV3ImageEncoder", "DreamerV3MLP",
-    "DreamerV3RewardHead", "DreamerV3TwoHotHead", "DreamerV3ValueHead", "DreamerV3VectorEncoder",
+    "DreamerV3RewardHead", "DreamerV3TwoHotHead", "DreamerV3ValueHead", "DreamerV3VectorEncoder", "DreamerV3WorldModel",
     "FastRSSMReturns", "MLPDecoder", "MLPEncoder", "ObsDecoder", "ObsEncoder", "RSSMPosterior", "RSSMPosteriorV3",
     "RSSMPrior", "RSSMPriorV3", "RSSMRollout", "RSSMRolloutV3", "RSSMWorldModel", "RewardModel",
     "StraightThroughOneHotCategorical", "SymExpTwoHot", "ValueModel", "filter_step", "imagine", "imagine_step",
-    "make_dreamer_actor", "make_value_model", "make_world_model", "pixels_to_model", "straight_through_categorical",
+    "make_dreamer_actor", "make_value_model", "make_world_model", "make_world_model_v3", "pixels_to_model", "straight_through_categorical",
     "symexp", "symexp_bins", "symlog", "tanh_normal_sampler", "two_hot_cross_entropy", "two_hot_decode",
     "two_hot_encode", "unimix_probs",
 ]

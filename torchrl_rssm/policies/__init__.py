@@ -6,11 +6,13 @@
 - :class:`FilterThenAct`: the shape both policies share (filter -> choose -> explore -> advance).
 - :class:`PlaNetPolicy`: filter -> planner -> exploration.
 - :class:`DreamerPolicy`: filter -> actor -> exploration.
+- :class:`DreamerV3Policy`: categorical filter (:class:`BeliefFilterV3`) -> actor.
 """
 from .base import FilterThenAct
 from .belief_filter import BeliefFilter, dequantize_pixels
 from .dreamer import DreamerPolicy
+from .dreamer_v3 import BeliefFilterV3, DreamerV3Policy
 from .exploration import ExplorationNoise
 from .planet import PlaNetPolicy
 
-__all__ = ["BeliefFilter", "FilterThenAct", "DreamerPolicy", "ExplorationNoise", "PlaNetPolicy", "dequantize_pixels"]
+__all__ = ["BeliefFilter", "BeliefFilterV3", "DreamerV3Policy", "FilterThenAct", "DreamerPolicy", "ExplorationNoise", "PlaNetPolicy", "dequantize_pixels"]

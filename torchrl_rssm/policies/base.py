@@ -44,6 +44,9 @@ class FilterThenAct(TensorDictModuleBase):
         extra_keys: entries the choice reads and writes besides the latents (e.g. a warm-start plan).
     """
 
+    #: the belief filter the policy runs (DreamerV3's categorical model has its own)
+    filter_class: type = BeliefFilter
+
     def __init__(
         self,
         world_model: RSSMWorldModel,
@@ -59,7 +62,7 @@ class FilterThenAct(TensorDictModuleBase):
         extra_keys: tuple[NestedKey, ...] = (),
     ):
         super().__init__()
-        self.belief_filter = BeliefFilter(world_model, obs_key=obs_key, state_key=state_key, belief_key=belief_key,
+        self.belief_filter = self.filter_class(world_model, obs_key=obs_key, state_key=state_key, belief_key=belief_key,
                                           is_init_key=is_init_key, observation_transform=observation_transform)
         self.space = ActionSpace(action_spec)
         self.exploration = ExplorationNoise(self.space, exploration_noise)

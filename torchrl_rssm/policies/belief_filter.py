@@ -106,9 +106,7 @@ class BeliefFilter(TensorDictModuleBase):
         observation_transform: Callable[[torch.Tensor], torch.Tensor] | None = dequantize_pixels,
     ):
         super().__init__()
-        if not isinstance(world_model, RSSMWorldModel):
-            raise TypeError(f"`world_model` must be an RSSMWorldModel (make_world_model), got "
-                            f"{type(world_model).__name__}.")
+        self._check_world_model(world_model)
         if observation_transform is not None and not callable(observation_transform):
             raise TypeError(f"`observation_transform` must be callable or None, got {observation_transform!r}.")
         self.world_model = world_model
@@ -119,6 +117,12 @@ class BeliefFilter(TensorDictModuleBase):
         self.state_dim, self.belief_dim = rollout.state_dim, rollout.belief_dim
         self.in_keys = [self.obs_key, belief_key, is_init_key]
         self.out_keys = [state_key, belief_key]
+
+    @staticmethod
+    def _check_world_model(world_model) -> None:
+        if not isinstance(world_model, RSSMWorldModel):
+            raise TypeError(f"`world_model` must be an RSSMWorldModel (make_world_model), got "
+                            f"{type(world_model).__name__}.")
 
     @property
     def rollout(self):

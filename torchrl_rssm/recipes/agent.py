@@ -76,6 +76,10 @@ class Agent(ABC):
     obs_key: str = "observation"
     #: set by the trainer under ``torchrun``: gradients are averaged over it (:func:`clip_gradients`)
     process_group: Any = None
+    #: whether replayed ``uint8`` pixels are dequantised to floats in ``[-0.5, 0.5)`` (else kept ``uint8``)
+    dequantize_pixels: bool = True
+    #: the action repeat on DMC tasks when the run sets none (``None``: the PlaNet paper's per domain)
+    dmc_action_repeat: int | None = None
 
     @abstractmethod
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:

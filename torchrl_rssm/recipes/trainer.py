@@ -96,7 +96,7 @@ def agent_class(algo: str) -> type[Agent]:
     """The agent class for ``algo`` (``recipes/<algo>.py`` defines it)."""
     if algo not in AGENTS:
         raise ValueError(f"algo={algo!r}: expected one of {list(AGENTS)}.")
-    name = {"planet": "PlaNetAgent", "dreamer": "DreamerAgent"}[algo]
+    name = {"planet": "PlaNetAgent", "dreamer": "DreamerAgent", "dreamerv3": "DreamerV3Agent"}[algo]
     return getattr(importlib.import_module(f"{__package__}.{algo}"), name)
 
 
@@ -162,6 +162,9 @@ class Trainer:
             raise ValueError(f"nan_policy={cfg.nan_policy!r}: expected 'skip' or 'raise'.")
         check_layout(cfg)
         factory = agent if agent is not None else agent_class(cfg.algo)
+        # an agent's own protocol for DMC's action repeat (DreamerV3: 2 on every domain) when none is set
+        if cfg.action_repeat is None and cfg.env.startswith("dmc:") and getattr(factory, "dmc_action_repeat", None):
+            cfg.action_repeat = int(factory.dmc_action_repeat)
         self.device = resolve_device(cfg.device)
         self.buffer_device = resolve_device(cfg.buffer_device)
         self.logdir = Path(cfg.logdir)
@@ -181,7 +184,7 @@ class Trainer:
             raise ValueError(f"env={cfg.env!r} has no episode limit: set max_episode_steps "
                              "(--set max_episode_steps=N, in agent steps).")
         self.episode_steps, self.action_repeat = int(limit), int(getattr(self.env, "action_repeat", 1))
-        if self.episode_steps < cfg.chunk_length:
+        if self.episode_steps < cfg.chunk_length and not cfg.cross_episodes:
             raise EpisodeTooShortError(
                 f"env={cfg.env!r}: episodes last at most max_episode_steps={self.episode_steps} agent steps "
                 f"(action_repeat={self.action_repeat}), fewer than chunk_length={cfg.chunk_length}: no training "
@@ -377,11 +380,13 @@ class Trainer:
         return ret
 
     def _can_sample(self) -> bool:
-        lengths = self.buffer.episode_lengths()
-        return bool(len(lengths)) and int(lengths.max()) >= self.cfg.chunk_length
+        return self.buffer.can_sample()
 
     def _check_episode_lengths(self) -> None:
-        """Refuses (clearly) a buffer where no episode is as long as ``chunk_length``."""
+        """Refuses (clearly) a buffer where no episode is as long as ``chunk_length`` (chunks that
+        cross episodes, ``cross_episodes``, need only ``chunk_length`` steps in all: never refused)."""
+        if self.cfg.cross_episodes:
+            return
         lengths = self.buffer.episode_lengths()
         if len(lengths) and int(lengths.max()) < self.cfg.chunk_length:
             shown = sorted(set(lengths.tolist()))
@@ -415,6 +420,8 @@ class Trainer:
         :class:`~torchrl_rssm.objectives.NonFiniteInputError`) is skipped with a warning and
         counted (``nan_policy="skip"``) or stops the run (``"raise"``).
         """
+        if self.cfg.cross_episodes and not self.buffer.can_sample():
+            num_updates = 0  # fewer stored steps than one chunk (very short episodes): collect first
         sums: dict[str, torch.Tensor] = {}
         done = 0
         start = time.perf_counter()
@@ -549,7 +556,8 @@ class Trainer:
             capacity=self.buffer_capacity(), batch_size=cfg.batch_size, chunk_length=cfg.chunk_length,
             device=self.device, storage_device=self.buffer_device,
             memmap_dir=str(self.logdir / "replay_memmap") if cfg.buffer_on_disk else None,
-            dequantize_bits=cfg.bit_depth if cfg.from_pixels else None)
+            dequantize_bits=cfg.bit_depth if cfg.from_pixels and self.agent.dequantize_pixels else None,
+            cross_episodes=cfg.cross_episodes)
 
 
 def load_trainer(checkpoint: str | Path, device: str | None = None, with_buffer: bool = True,
