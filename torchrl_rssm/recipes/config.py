@@ -337,18 +337,21 @@ class DreamerV3:
     """DreamerV3's own fields (the world model's ``belief_dim``, ``hidden_dim`` and ``channels`` are shared;
     the losses take the paper's settings, ``from_paper``, with these overrides)."""
 
-    num_categoricals: int = _field(32, "DreamerV3: categorical latents C (the state is C one-hots of K classes)")
-    num_classes: int = _field(32, "DreamerV3: classes K per categorical latent")
-    unimix: float = _field(0.01, "DreamerV3: uniform mixed into the latents' and the discrete actor's probabilities")
-    mlp_layers: int = _field(2, "DreamerV3: hidden layers of the vector encoder, decoder, heads, actor and critic")
-    actor_critic_lr: float = _field(3e-5, "DreamerV3: actor and critic learning rate (model: model_lr)")
+    num_categoricals: int = _field(32, "DreamerV3: categorical latents C (the state is C one-hots of K classes)", _int(1))
+    num_classes: int = _field(32, "DreamerV3: classes K per categorical latent", _int(2))
+    unimix: float = _field(0.01, "DreamerV3: uniform mixed into the latents' and the discrete actor's probabilities",
+                           _num(0, 1))
+    mlp_layers: int = _field(2, "DreamerV3: hidden layers of the vector encoder, decoder, heads, actor and critic",
+                             _int(1))
+    actor_critic_lr: float = _field(3e-5, "DreamerV3: actor and critic learning rate (model: model_lr)", _num(above=0))
     actor_critic_grad_clip: float = _field(100.0, "DreamerV3: gradient-norm clip of the actor and of the critic "
-                                                  "(model: grad_clip)")
-    imagination_steps: int = _field(15, "DreamerV3: imagined steps per start state")
-    entropy_bonus: float = _field(3e-4, "DreamerV3: actor entropy weight (returns are normalised to ~[0, 1])")
-    slow_critic_tau: float = _field(0.02, "DreamerV3: EMA rate of the slow critic, stepped after every update")
+                                                  "(model: grad_clip)", _num(above=0))
+    imagination_steps: int = _field(15, "DreamerV3: imagined steps per start state", _int(1))
+    entropy_bonus: float = _field(3e-4, "DreamerV3: actor entropy weight (returns are normalised to ~[0, 1])", _num(0))
+    slow_critic_tau: float = _field(0.02, "DreamerV3: EMA rate of the slow critic, stepped after every update",
+                                    _num(0, 1))
     replay_value_weight: float = _field(0.0, "DreamerV3: weight of the critic's loss on replayed states (paper: "
-                                             "0; the current reference code: 0.3)")
+                                             "0; the current reference code: 0.3)", _num(0))
 
 
 @dataclass
@@ -626,7 +629,7 @@ DREAMERV3_PAPER = dict(
     checkpoint_every=10, video_every=50,
 )
 for _task in ("cartpole-swingup", "cartpole-balance", "reacher-easy", "cheetah-run", "walker-stand", "walker-walk",
-              "finger-spin", "pendulum-swingup", "cup-catch"):
+              "finger-spin", "pendulum-swingup", "ball_in_cup-catch"):
     PRESETS[f"dreamerv3-{_task}"] = dict(DREAMERV3_PAPER, env=f"dmc:{_task}",
                                          logdir=f"runs/dreamerv3-{_task}")
 # DreamerV3 on this 2-core CPU at one thread, one setting for every task (only --env changes; action
