@@ -74,14 +74,19 @@ def test_nan_in_batch_is_skipped_with_warning_and_counted(tmp_path):
     trainer = Trainer(tiny(tmp_path))
     trainer.cfg.seed_episodes, trainer.cfg.episodes = 2, 0
     trainer.train()  # fills the buffer with the seed episodes
-    storage = trainer.buffer.storage
-    poisoned = storage[0]
-    poisoned["next", "observation"] = torch.full_like(poisoned["next", "observation"], float("nan"))
-    for i in range(len(trainer.buffer)):
-        storage.set(i, poisoned)
+    sample = trainer.buffer.sample
+
+    def poisoned_sample():  # every replay batch carries a NaN observation
+        batch = sample()
+        batch["next", "observation"][..., 0, :] = float("nan")
+        return batch
+
+    trainer.buffer.sample = poisoned_sample
+    before = {k: v.clone() for k, v in trainer.agent.world_model.state_dict().items()}
     with pytest.warns(RuntimeWarning, match="Update skipped"):
         trainer.update_model(2)
-    assert trainer.counters["skipped_updates"] == 2
+    assert trainer.counters["skipped_updates"] == 2 and trainer.counters["updates"] == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.agent.world_model.state_dict().items())
     trainer.cfg.nan_policy = "raise"
     with pytest.raises(ValueError, match="(?i)nan|finite"):
         trainer.update_model(1)
