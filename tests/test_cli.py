@@ -227,3 +227,16 @@ def test_gym_run_evaluates_with_a_video_and_no_display_noise(tmp_path):
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert gif.read_bytes()[:6] == b"GIF89a"
     assert "XDG_RUNTIME_DIR" not in ev.stderr + train.stderr and "error" not in ev.stderr.lower()
+
+
+def test_ctrl_c_prints_one_line_and_exit_code_130(monkeypatch, capsys):
+    """An interrupted command ends with one line on how to continue (exit 130), not a traceback."""
+    import torchrl_rssm.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_train", interrupted)
+    assert cli.main(["train", "--preset", "tiny"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and "Traceback" not in err[0]

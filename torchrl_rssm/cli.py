@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"torchrl-rssm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the trainer wrote its checkpoint on the way out; no traceback
+        print("torchrl-rssm: interrupted. A training run's checkpoint was written at exit: continue it with "
+              "`torchrl-rssm train --logdir <its logdir> --resume`.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
