@@ -34,8 +34,13 @@ def _cfg(name: str = "tiny"):
 def _params(agent) -> dict[str, torch.Tensor]:
     """Every trained parameter: the world model's (PlaNet), plus the actor's and value's (Dreamer)."""
     nets = {"world_model": agent.world_model}
-    nets.update({name: getattr(agent, name) for name in ("actor", "value") if hasattr(agent, name)})
+    nets.update({name: getattr(agent, name) for name in ("actor", "value", "critic") if hasattr(agent, name)})
     return {f"{n}.{k}": v.detach().clone() for n, net in nets.items() for k, v in net.state_dict().items()}
+
+
+def _return_norm(agent) -> dict[str, torch.Tensor]:
+    """DreamerV3's return-normalisation state (the EMA of the return percentiles); empty for the others."""
+    return {k: v.clone() for k, v in agent.state_dict().get("return_norm", {}).items()}
 
 
 def _agent_and_batch(cfg, seed: int = 0):
@@ -43,18 +48,43 @@ def _agent_and_batch(cfg, seed: int = 0):
     torch.manual_seed(seed)
     env = make_env(cfg.env, from_pixels=False, action_repeat=cfg.action_repeat, max_episode_steps=20, seed=0)
     agent = agent_class(cfg.algo)(cfg, env, torch.device("cpu"))
+    retnorm = getattr(getattr(agent, "actor_loss", None), "retnorm", None)
+    if retnorm is not None:  # DreamerV3: the scale is this batch's percentile range (not the EMA's floor of 1)
+        retnorm.rate, retnorm.min_scale = 1.0, 1e-3
+        _spread_two_hot_heads(agent.world_model.reward_head, agent.critic)
     env.append_transform(agent.make_tensordict_primer())
     rollouts = [env.rollout(L, break_when_any_done=False) for _ in range(2 * B)]
     batch = torch.stack(rollouts).exclude("state", "belief", ("next", "state"), ("next", "belief"))
     return agent, batch
 
 
+@torch.no_grad()
+def _spread_two_hot_heads(*heads: torch.nn.Module) -> None:
+    """Two-hot heads (zero at initialisation, so every imagined return is 0) made to predict values
+    between about 0.2 and 2.5 that depend on the latent: the returns then have a percentile range.
+    Only bins 128-135 get logits (30, plus a latent-dependent part); the others stay near 0, whose
+    exponentially spaced values (up to 5e8) then weigh about e^-30 each."""
+    for head in heads:
+        last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[128:136].normal_(0.0, 1.0)
+        last.bias[128:136] = 30.0
+
+
+def _size(size: tuple) -> tuple:
+    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+
+
 def _mean_latents() -> None:
-    """Latent samples at their means (zero noise) in this process: the ELBO's gradient is then a
-    plain mean over chunks, so averaging two halves' gradients (DDP) equals the whole batch's.
+    """Samples without noise in this process: Gaussian draws at their means (zero noise), categorical
+    and truncated-normal draws at the median of their inverse CDF (uniform 0.5). The losses' gradients are then
+    plain means over chunks, so averaging two halves' gradients (DDP) equals the whole batch's.
     (With sampled latents, half a batch draws different noise than the whole: not comparable.)"""
-    torch.randn = lambda *size, generator=None, **kw: torch.zeros(*size, **kw)
+    torch.randn = lambda *size, generator=None, **kw: torch.zeros(*_size(size), **kw)
     torch.randn_like = lambda x, **kw: torch.zeros_like(x, **kw)
+    torch.rand = lambda *size, generator=None, **kw: torch.full(_size(size), 0.5, **kw)
+    torch.Tensor.uniform_ = lambda self, low=0.0, high=1.0, generator=None: self.fill_((low + high) / 2)
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, preset_name: str) -> None:
@@ -96,6 +126,7 @@ def _rank_work(rank: int, out_dir: str, preset_name: str) -> None:
     _mean_latents()
     agent.update(batch[rank * B:(rank + 1) * B])
     torch.save(_params(agent), Path(out_dir) / f"params{rank}.pt")
+    torch.save(_return_norm(agent), Path(out_dir) / f"return_norm{rank}.pt")
 
 
 def _spawn_with_deadline(fn, args: tuple, nprocs: int, deadline_s: float = SPAWN_DEADLINE_S) -> None:
@@ -111,9 +142,10 @@ def _spawn_with_deadline(fn, args: tuple, nprocs: int, deadline_s: float = SPAWN
             pytest.fail(f"the {nprocs} gloo ranks did not finish within {deadline_s:.0f} s; killed them")
 
 
-@pytest.mark.parametrize("preset_name", ["tiny", "dreamer-tiny"])
+@pytest.mark.parametrize("preset_name", ["tiny", "dreamer-tiny", "dreamerv3-tiny"])
 def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path, preset_name):
-    """Every agent averages its gradients through ``clip_gradients``: PlaNet's one network, Dreamer's three."""
+    """Every agent averages its gradients through ``clip_gradients``: PlaNet's one network, Dreamer's and
+    DreamerV3's three (DreamerV3's return percentiles over both ranks' returns)."""
     _spawn_with_deadline(_worker, (2, str(tmp_path / "init"), str(tmp_path), preset_name), nprocs=2)
     for rank in range(2):
         message = torch.load(tmp_path / f"mismatch{rank}.pt")
@@ -125,14 +157,17 @@ def test_ddp_update_on_two_gloo_ranks_equals_one_update_on_both_batches(tmp_path
         assert torch.equal(broadcast[1][key], value), key  # rank 1 now holds rank 0's
     ranks = [torch.load(tmp_path / f"params{r}.pt") for r in range(2)]
     agent, batch = _agent_and_batch(_cfg(preset_name))
-    randn, randn_like = torch.randn, torch.randn_like
+    randn, randn_like, rand, uniform_ = torch.randn, torch.randn_like, torch.rand, torch.Tensor.uniform_
     _mean_latents()
     before = _params(agent)
     try:
         agent.update(batch)  # one process, both ranks' chunks together
     finally:
-        torch.randn, torch.randn_like = randn, randn_like
+        torch.randn, torch.randn_like, torch.rand, torch.Tensor.uniform_ = randn, randn_like, rand, uniform_
     after = _params(agent)
+    for r in range(2):  # the return percentiles are taken over both ranks' returns, as over the whole batch
+        for key, value in _return_norm(agent).items():
+            torch.testing.assert_close(torch.load(tmp_path / f"return_norm{r}.pt")[key], value, msg=f"rank {r} {key}")
     changed = set()
     for key, value in after.items():
         for r in range(2):

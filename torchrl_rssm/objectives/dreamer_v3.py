@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Literal
 
 import torch
+import torch.distributed
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import (
     ProbabilisticTensorDictModule,
@@ -186,6 +187,16 @@ def categorical_kl_balanced(
     kl_prior = kl_prior.clamp_min(free_bits).mean()
     kl_post = kl_post.clamp_min(free_bits).mean()
     return alpha * kl_prior + (1.0 - alpha) * kl_post
+
+
+def _gather_across_ranks(values: torch.Tensor, group) -> torch.Tensor:
+    """``values`` of every rank of ``group`` concatenated along the first dimension (``values`` alone
+    when ``group`` is ``None``). Every rank must pass the same shape."""
+    if group is None:
+        return values
+    gathered = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(gathered, values.contiguous(), group=group)
+    return torch.cat(gathered)
 
 
 def _match_trailing_dim(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -575,7 +586,10 @@ class DreamerV3ActorLoss(LossModule):
         loss_actor = -mean(w R / S)                          (reparameterised, default)
         loss_actor = -mean(w log pi(a|s) sg(R - v(s)) / S)   (``use_reinforce=True``)
 
-    minus ``entropy_bonus * mean(w H[pi])``. ``fake_data`` (``[*B, H]``, detached) holds
+    minus ``entropy_bonus * mean(w H[pi])``. With ``process_group`` set (a ``torch.distributed``
+    group; ``None`` by default) the percentiles are taken over every rank's returns gathered
+    together, so that W ranks of B chunks, their gradients averaged, make the same update as one
+    process on all W x B chunks. ``fake_data`` (``[*B, H]``, detached) holds
     ``state``, ``belief``, ``action`` (and the actor's ``loc``/``scale``/log-prob when it
     writes them), ``("next", state / belief / reward / state_value / done / terminated /
     continuation)``, ``continuation``, ``lambda_target`` and ``discount_weight``:
@@ -712,6 +726,7 @@ class DreamerV3ActorLoss(LossModule):
                                            rate=return_normalization_rate,
                                            min_scale=return_normalization_min_scale)
         self.register_load_state_dict_pre_hook(self._migrate_legacy_retnorm_state)
+        self.process_group = None
         self.gamma, self.lmbda = 0.99, 0.95
         self.value_type = self.default_value_estimator
         self._prepare()
@@ -781,7 +796,7 @@ class DreamerV3ActorLoss(LossModule):
         if not self.return_normalization:
             return torch.ones((), dtype=returns.dtype, device=returns.device)
         if self.training:
-            self.retnorm.update(returns)
+            self.retnorm.update(_gather_across_ranks(returns.detach(), self.process_group))
         return self.retnorm.scale().squeeze(-1)
 
     @property

@@ -123,6 +123,16 @@ class DreamerV3Agent(Agent):
                            for name in self._networks}
         self.policy = DreamerV3Policy(wm, self.actor, env.action_spec)
 
+    @property
+    def process_group(self):
+        """Set by the trainer under ``torchrun``: gradients are averaged over it, and the return
+        percentiles are taken over every rank's imagined returns (one batch of ``W x B`` chunks)."""
+        return self.actor_loss.process_group
+
+    @process_group.setter
+    def process_group(self, group) -> None:
+        self.actor_loss.process_group = group
+
     # ------------------------------------------------------------------ update
     def _losses(self, batch: TensorDictBase) -> tuple[dict[str, torch.Tensor], TensorDictBase]:
         model_losses, posterior = self.model_loss(batch)
