@@ -63,3 +63,15 @@ def test_table_mode_rebuilds_from_the_task_jsons(suite, tmp_path):
     assert json.loads((tmp_path / "suite_p.json").read_text())["learned"] == 1
     assert (tmp_path / "suite_p.png").read_bytes()[:4] == b"\x89PNG"
     assert math.isfinite(rows[0]["bar"])
+
+
+def test_compare_marks_each_seed_against_its_own_runs_random_policy(suite, tmp_path):
+    planet = _summary("dmc:cheetah-run", [30.0, 20.0], 13.0, 10.0, suite=suite)  # bar 13 + 3 * 10 / 2 = 28
+    planet["preset"] = "quick"
+    (tmp_path / "learning_quick_dmc-cheetah-run.json").write_text(json.dumps(planet))
+    other = dict(planet, task="gym:Reacher-v5", preset="quick", overrides=["episodes=75"])  # not the preset
+    (tmp_path / "elsewhere.json").write_text(json.dumps(other))
+    text = suite.compare(tmp_path, ["quick", "dreamer-quick"], ["dmc:cheetah-run", "gym:Reacher-v5"])
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "30*, 20 (random 13, repeat 2) | not run |" in rows["dmc:cheetah-run"]
+    assert rows["gym:Reacher-v5"].count("not run") == 2  # an overridden run does not stand for the preset
