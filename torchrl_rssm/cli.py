@@ -112,7 +112,7 @@ def _parser(preset_name: str = "quick") -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an agent", description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--preset", default=None,
-                       help=f"one of {sorted(PRESETS)} (default: quick; with --algo dreamer: dreamer-quick)")
+                       help=f"one of {sorted(PRESETS)} (default: quick; with --algo A: A-quick)")
     train.add_argument("--algo", choices=AGENTS, default=None,
                        help="agent (default: the preset's; without --preset it picks <algo>-quick)")
     train.add_argument("--env", help="task, e.g. dmc:cartpole-swingup or gym:Pendulum-v1 (resets the preset's "
