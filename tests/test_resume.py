@@ -20,6 +20,7 @@ from torchrl_rssm.recipes.checkpoint import load_state  # noqa: E402
 AGENTS = {
     "planet": ["--preset", "tiny"],
     "dreamer": ["--algo", "dreamer", "--preset", "dreamer-tiny"],
+    "dreamerv3": ["--algo", "dreamerv3", "--preset", "dreamerv3-tiny"],
 }
 EPISODES = 6  # after the 2 seed episodes: 8 collected, a checkpoint after each
 
