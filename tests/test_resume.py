@@ -94,9 +94,6 @@ def test_killed_and_resumed_run_ends_bit_equal(tmp_path, reference, agent, kill_
     _assert_same_run(resumed, reference(agent))
 
 
-@pytest.mark.xfail(strict=True, reason="num_envs > 1: the first stored root observation of each environment after "
-                   "a resume differs (next observations and rewards are equal); weights then differ at float "
-                   "rounding level. Known limitation, see docs/reliability.md.")
 def test_killed_run_of_two_serial_envs_ends_bit_equal(tmp_path):
     """Two environments in a SerialEnv: each one's generator state is kept and put back."""
     args = ["--preset", "tiny", "--episodes", str(EPISODES), "--set", "num_envs=2"]

@@ -226,6 +226,12 @@ def make_collector(cfg: RunConfig, make: EnvFactory, env: EnvBase, policy, episo
             envs = env if cfg.num_envs == 1 else batched_env(cfg.num_envs, cfg.env_backend, make)
             collector = Collector(envs, policy, init_random_frames=seed_rounds * batch, **kw)
             envs.set_seed(seed)
+            if cfg.num_envs > 1:
+                # the collector reset the batch before it was seeded (its sub-environments unseeded): the
+                # seeded simulators then step from other states than the observations it holds. Reset
+                # again, so that the first stored observations are those of the seeded initial states.
+                # (One environment is built with the seed, so its first reset is already the seeded one.)
+                collector.reset()
             return collector
         workers = cfg.collector_workers
         make_batch = _BatchFactory(cfg.num_envs, cfg.env_backend, make)
