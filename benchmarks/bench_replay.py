@@ -38,10 +38,10 @@ from torchrl_rssm.data import make_replay_buffer  # noqa: E402
 from torchrl_rssm.envs import Dequantize  # noqa: E402
 
 
-def episode(length: int, pixels: bool, state_dim: int, g: torch.Generator) -> TensorDict:
+def episode(length: int, pixels: bool, state_dim: int, g: torch.Generator, action_dim: int = 6) -> TensorDict:
     """One episode in a TorchRL collector's layout (root at t = next at t - 1)."""
     t = torch.arange(length)
-    data = {"action": torch.randn(length, 6, generator=g), ("next", "reward"): torch.randn(length, 1, generator=g),
+    data = {"action": torch.randn(length, action_dim, generator=g), ("next", "reward"): torch.randn(length, 1, generator=g),
             "step_count": t.unsqueeze(-1), ("next", "step_count"): (t + 1).unsqueeze(-1),
             "is_init": (t == 0).unsqueeze(-1), ("next", "done"): (t == length - 1).unsqueeze(-1),
             ("next", "terminated"): torch.zeros(length, 1, dtype=torch.bool),
