@@ -140,6 +140,30 @@ def test_dreamerv3_update_moves_all_three_networks_and_the_slow_critic_and_nan_i
         agent.update(batch)
 
 
+def test_dreamerv3_laprop_option_steps_every_network_with_one_optimiser_and_resumes_it(tmp_path):
+    from torchrl.trainers.algorithms.dreamer_v3 import DreamerV3Optimizer
+
+    cfg = tiny(tmp_path, episodes=0, test_every=0, video_every=0, optimizer="laprop", agc=0.5, warmup_steps=0,
+               model_lr=0.01)
+    trainer = Trainer(cfg)
+    trainer.train()
+    agent = trainer.agent
+    (optimizer,) = agent.optimizers.values()
+    assert isinstance(optimizer, DreamerV3Optimizer)
+    assert (optimizer.defaults["lr"], optimizer.defaults["agc"], optimizer.defaults["warmup_steps"]) == (0.01, 0.5, 0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(len(p) for p in agent._params.values())
+    before = _snapshot(agent)
+    trainer.update_model(2)
+    for name, net in _nets(agent).items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())), name
+    state = agent.state_dict()
+    assert set(k for k in state if k.startswith("optimizer_")) == {"optimizer_all"}
+    assert optimizer.param_groups[0]["step"] == 2
+    other = DreamerV3Agent(cfg, trainer.env, torch.device("cpu"))
+    other.load_state_dict(state)
+    assert next(iter(other.optimizers.values())).param_groups[0]["step"] == 2
+
+
 _ONE_STEP_ENV = '''
 import gymnasium as gym
 import numpy as np

@@ -352,6 +352,14 @@ class DreamerV3:
                                     _num(0, 1))
     replay_value_weight: float = _field(0.0, "DreamerV3: weight of the critic's loss on replayed states (paper: "
                                              "0; the current reference code: 0.3)", _num(0))
+    optimizer: str = _field("adam", "DreamerV3: \"adam\": one Adam per network, the paper's (model_lr and grad_clip; "
+                                    "actor_critic_lr and actor_critic_grad_clip); \"laprop\": one TorchRL "
+                                    "DreamerV3Optimizer (LaProp with adaptive gradient clipping, the current reference "
+                                    "code's) over all three, at model_lr", _one_of("adam", "laprop"))
+    agc: float = _field(0.3, "DreamerV3 with optimizer=\"laprop\": gradient clip as a fraction of each parameter's "
+                             "norm (0: none)", _num(0))
+    warmup_steps: int = _field(1000, "DreamerV3 with optimizer=\"laprop\": updates of linear learning-rate warm-up "
+                                     "(0: none)", _int(0))
 
 
 @dataclass

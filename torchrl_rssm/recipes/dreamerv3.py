@@ -15,7 +15,9 @@ replay batch ``[B, L]`` (Hafner et al. 2023):
    towards a slow copy updated by an EMA (rate ``slow_critic_tau``) after every update.
 
 Three Adam optimisers (the paper's: ``model_lr`` with clip ``grad_clip`` for the model,
-``actor_critic_lr`` with clip ``actor_critic_grad_clip`` for actor and critic). Acting:
+``actor_critic_lr`` with clip ``actor_critic_grad_clip`` for actor and critic), or with
+``optimizer="laprop"`` one TorchRL ``DreamerV3Optimizer`` over all three (the current reference
+code's: LaProp with adaptive gradient clipping ``agc`` and ``warmup_steps`` of warm-up, at ``model_lr``). Acting:
 :class:`~torchrl_rssm.policies.DreamerV3Policy` (the categorical belief filter, then a sample
 of the actor while collecting, its mode in test episodes).
 
@@ -115,12 +117,21 @@ class DreamerV3Agent(Agent):
         self.value_loss = DreamerV3ValueLoss.from_paper(self.critic, actor_loss=self.actor_loss)
         self.slow_critic = SoftUpdate(self.value_loss, tau=cfg.slow_critic_tau)
         self._networks = {"model": wm, "actor": self.actor, "critic": self.critic}
-        lrs = {"model": cfg.model_lr, "actor": cfg.actor_critic_lr, "critic": cfg.actor_critic_lr}
-        self._clip = {"model": cfg.grad_clip, "actor": cfg.actor_critic_grad_clip,
-                      "critic": cfg.actor_critic_grad_clip}
         self._params = {name: list(net.parameters()) for name, net in self._networks.items()}
-        self.optimizers = {name: torch.optim.Adam(self._params[name], lr=lrs[name], eps=cfg.adam_eps)
-                           for name in self._networks}
+        if cfg.optimizer == "laprop":
+            # imported here: torchrl.trainers takes seconds to import, and only this choice needs it
+            from torchrl.trainers.algorithms.dreamer_v3 import DreamerV3Optimizer
+
+            every = [p for params in self._params.values() for p in params]
+            self.optimizers = {"all": DreamerV3Optimizer(every, lr=cfg.model_lr, agc=cfg.agc,
+                                                         warmup_steps=cfg.warmup_steps)}
+            self._clip = dict.fromkeys(self._networks, float("inf"))  # norms only: the optimiser clips
+        else:
+            lrs = {"model": cfg.model_lr, "actor": cfg.actor_critic_lr, "critic": cfg.actor_critic_lr}
+            self._clip = {"model": cfg.grad_clip, "actor": cfg.actor_critic_grad_clip,
+                          "critic": cfg.actor_critic_grad_clip}
+            self.optimizers = {name: torch.optim.Adam(self._params[name], lr=lrs[name], eps=cfg.adam_eps)
+                               for name in self._networks}
         self.policy = DreamerV3Policy(wm, self.actor, env.action_spec)
 
     @property
@@ -174,10 +185,10 @@ class DreamerV3Agent(Agent):
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             sum(totals.values()).backward()  # each loss reaches only its own network (the others are held out)
-            for name in self.optimizers:  # under torchrun: averaged over the ranks first
+            for name in self._networks:  # under torchrun: averaged over the ranks first
                 out[f"grad_norm/{name}"] = clip_gradients(self._params[name], self._clip[name], self.process_group)
             # one host sync: non-finite losses give non-finite gradient norms
-            bad = [n for n in self.optimizers if not torch.isfinite(out[f"grad_norm/{n}"])]
+            bad = [n for n in self._networks if not torch.isfinite(out[f"grad_norm/{n}"])]
             if bad:
                 raise NonFiniteInputError("DreamerV3Agent.update: non-finite gradients (NaN or inf) in "
                                           + ", ".join(bad) + ".")
