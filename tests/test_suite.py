@@ -75,3 +75,16 @@ def test_compare_marks_each_seed_against_its_own_runs_random_policy(suite, tmp_p
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "30*, 20 (random 13, repeat 2) | not run |" in rows["dmc:cheetah-run"]
     assert rows["gym:Reacher-v5"].count("not run") == 2  # an overridden run does not stand for the preset
+
+
+def test_a_suite_with_overrides_keeps_its_own_files(suite, tmp_path):
+    plain = _summary("gym:Pendulum-v1", [-200.0, -150.0], -1100.0, 360.0, suite=suite)
+    changed = _summary("gym:Pendulum-v1", [-1000.0, -900.0], -1100.0, 360.0, suite=suite)
+    (tmp_path / "learning_p_gym-Pendulum-v1.json").write_text(json.dumps(plain))
+    (tmp_path / "learning_p_gym-Pendulum-v1_optimizer-laprop.json").write_text(json.dumps(changed))
+    suite.main(["--preset", "p", "--tasks", "gym:Pendulum-v1", "--results", str(tmp_path), "--table",
+                "--set", "optimizer=laprop"])
+    assert "-1000.0, -900.0" in (tmp_path / "suite_p_optimizer-laprop.md").read_text()
+    assert not (tmp_path / "suite_p.md").exists()
+    args = suite.build_parser().parse_args(["--preset", "p", "--set", "optimizer=laprop", "--root", str(tmp_path)])
+    assert suite.task_args(args, "gym:Pendulum-v1").out.name == "learning_p_gym-Pendulum-v1_optimizer-laprop.json"
