@@ -123,55 +123,58 @@ class ReplayLoadError(ValueError):
     """A saved replay buffer could not be read (missing, truncated or corrupted file)."""
 
 
-class _FlagRows:
-    """Storage stand-in for ``SliceSampler._finalize_index``: reads only the flag entries.
+class _RowsRead:
+    """Storage stand-in for ``SliceSampler._finalize_index`` that keeps the rows it reads.
 
-    TorchRL's ``SliceSampler`` reads ``storage[index]`` (every entry, pixels
-    included) only to get ``done``/``terminated``/``is_init`` for the slice
-    markers, then the buffer gathers the same rows again. This view restricts
-    that first read to the flags.
+    TorchRL's ``SliceSampler`` reads ``storage[index]`` (every entry, pixels included) to get
+    ``done``/``terminated``/``is_init`` for the slice markers, and its buffer then gathers the
+    same rows again. This view keeps that read (``last``: ``(index, rows)``) so that
+    :class:`SequenceReplayBuffer` uses it as the sample: one gather per sample, not two.
     """
 
-    def __init__(self, storage, keys: Sequence[NestedKey]):
+    def __init__(self, storage):
         self._storage = storage
-        self._keys = keys
-        self.last = None  # the flags read last (the sampler reads them once per sample)
+        self.last = None
 
     def __getitem__(self, index):
-        data = getattr(self._storage, "_storage", None)
-        if not isinstance(data, TensorDictBase):
-            self.last = self._storage[index]
-        else:
-            present = set(data.keys(True, True))
-            self.last = data.select(*[k for k in self._keys if k in present])[index]
-        return self.last
+        rows = self._storage[index]
+        self.last = (index, rows)
+        return rows
 
     def __getattr__(self, name):
         return getattr(self._storage, name)
 
 
 class ChunkSliceSampler(SliceSampler):
-    """``SliceSampler`` that does not gather whole rows just to read the slice flags.
+    """``SliceSampler`` whose read of the sampled rows (for the slice flags) is also the sample.
 
     Same arguments and chunk positions as :class:`~torchrl.data.SliceSampler` (same random
-    draws). One difference in the markers: the stored ``("next", "truncated")`` is OR-ed
-    into the chunk-end marker instead of being replaced by it, so a time limit inside a
-    chunk that crosses episodes stays visible (chunks that never cross an episode boundary
-    are unaffected: a stored truncation can only be at their last step).
+    draws). The rows its ``_finalize_index`` reads are kept (:meth:`take_rows`), and
+    :class:`SequenceReplayBuffer` returns them instead of gathering them a second time. One
+    difference in the markers: the stored ``("next", "truncated")`` is OR-ed into the
+    chunk-end marker instead of being replaced by it, so a time limit inside a chunk that
+    crosses episodes stays visible (chunks that never cross an episode boundary are
+    unaffected: a stored truncation can only be at their last step).
     """
 
+    _rows: tuple | None = None
+
     def _finalize_index(self, *, storage, **kwargs):
-        keys = [k for k in (self.init_key,) if k is not None]
-        if self.truncated_key is not None:
-            keys += [_replace_last(self.truncated_key, "done"), _replace_last(self.truncated_key, "terminated"),
-                     self.truncated_key]
-        flags = _FlagRows(storage, [unravel_key(k) for k in keys])
-        index, info = super()._finalize_index(storage=flags, **kwargs)
-        if self.truncated_key is not None and self.truncated_key in info and flags.last is not None:
-            stored = flags.last.get(self.truncated_key, None)
+        read = _RowsRead(storage)
+        index, info = super()._finalize_index(storage=read, **kwargs)
+        self._rows = read.last
+        if self.truncated_key is not None and self.truncated_key in info and read.last is not None:
+            stored = read.last[1].get(self.truncated_key, None)
             if stored is not None:
                 info[self.truncated_key] = info[self.truncated_key] | stored.reshape(info[self.truncated_key].shape)
         return index, info
+
+    def take_rows(self, index) -> TensorDictBase | None:
+        """The rows read for ``index`` by the last sample (once), or ``None`` if that read was of another index."""
+        rows, self._rows = self._rows, None
+        if rows is None or rows[0] is not index:
+            return None
+        return rows[1]
 
 
 def _replace_last(key: NestedKey, new: str) -> NestedKey:
@@ -492,6 +495,7 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         if slots is None or not self.root_keys:
             return data
         capacity = self.storage.max_size
+        shape = rows.shape  # [N] or [B, L]: the batch the gathered entries have
         rows = rows.reshape(-1).to(slots.device)
         slots = slots.reshape(-1)
         # a row's root entry is the next entry of the row gathered just before it when that
@@ -504,12 +508,12 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         stored = self.storage._storage
         for key in self.root_keys:
             nxt = data.get(("next", *key))
-            root = nxt.roll(1, 0)
+            root = nxt.reshape(-1, *nxt.shape[len(shape):]).roll(1, 0)
             if len(fetch):
                 root[fetch] = stored.get(("next", *key))[(rows[fetch] - 1) % capacity].to(root.device)
             if len(own):
                 root[own] = self._roots.get(_key(key))[slots[own].to(self._roots.device)].to(root.device)
-            data.set(_key(key), root)
+            data.set(_key(key), root.reshape(nxt.shape))
         return data
 
     def steps(self, index: torch.Tensor | slice | int) -> TensorDictBase:
@@ -533,15 +537,18 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
         # TensorDictReplayBuffer._sample, with the root entries rebuilt before the transforms
         with self._replay_lock, self._write_lock:
             index, info = self._sampler.sample(self._storage, batch_size)
+            # the sampler's own read of these rows (for its slice flags) is the sample: no second gather
+            data = self._sampler.take_rows(index) if isinstance(self._sampler, ChunkSliceSampler) else None
             if self._sample_unit is not None:
                 index, info = self._sample_unit.expand(index, info, self._storage)
+                data = None
             info["index"] = index
             if self._writer.tracks_generations:
                 info["index_generation"] = self._writer.generations_of(index)
             rows = index[0] if isinstance(index, tuple) else index
             device = self._storage_device()
             rows = rows.to(device)
-            data = self._rebuild(self._storage.get(rows), rows)
+            data = self._rebuild(self._storage.get(rows) if data is None else data, rows)
         data = self._collate_fn(data)
         if self._transform is not None and len(self._transform):
             with data.unlock_(), _set_dispatch_td_nn_modules(True):
@@ -572,7 +579,8 @@ class SequenceReplayBuffer(TensorDictReplayBuffer):
                 ) from err
             raise
         data, info = out
-        data = data.reshape(-1, self.chunk_length)
+        if data.batch_size != (data.numel() // self.chunk_length, self.chunk_length):
+            data = data.reshape(-1, self.chunk_length)
         return (data, info) if return_info else data
 
     @property
