@@ -67,9 +67,10 @@ def cli_args(args: argparse.Namespace, seed: int | None = None) -> list[str]:
 def run_config(args: argparse.Namespace):
     """The run's configuration exactly as the CLI builds it."""
     from torchrl_rssm.cli import _parser, train_config
+    from torchrl_rssm.recipes.trainer import apply_agent_action_repeat
 
     cfg, _ = train_config(_parser().parse_args(["train", *cli_args(args)]))
-    return cfg
+    return apply_agent_action_repeat(cfg)  # the random policy then runs at the repeat the run trains at
 
 
 def train(args: argparse.Namespace, seed: int) -> dict:

@@ -88,3 +88,15 @@ def test_a_suite_with_overrides_keeps_its_own_files(suite, tmp_path):
     assert not (tmp_path / "suite_p.md").exists()
     args = suite.build_parser().parse_args(["--preset", "p", "--set", "optimizer=laprop", "--root", str(tmp_path)])
     assert suite.task_args(args, "gym:Pendulum-v1").out.name == "learning_p_gym-Pendulum-v1_optimizer-laprop.json"
+
+
+@pytest.mark.parametrize("preset_name, task, repeat", [("dreamerv3-quick", "dmc:cheetah-run", 2),
+                                                       ("quick", "dmc:cheetah-run", 4),
+                                                       ("dreamerv3-quick", "gym:Pendulum-v1", 1)])
+def test_random_policy_runs_at_the_action_repeat_the_agent_trains_at(suite, preset_name, task, repeat):
+    import argparse
+
+    args = argparse.Namespace(preset=preset_name, env=task, algo=None, overrides=[])
+    cfg = suite.ql.run_config(args)
+    _, measured = suite.ql.random_returns(cfg, episodes=1)
+    assert measured == repeat  # DreamerV3's protocol: 2 on every DMC domain; PlaNet's table: 4 for cheetah

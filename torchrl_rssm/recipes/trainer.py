@@ -59,7 +59,8 @@ from .distributed import broadcast_parameters, is_distributed
 from .tensorboard import RSSMTensorboardLogger
 
 __all__ = ["CHECKPOINT_DIR", "MAX_BUFFER_STEPS", "CollectorFailedError", "ConfigMismatchError", "EpisodeTooShortError",
-           "Every", "Trainer", "agent_class", "find_checkpoint", "load_trainer", "resolve_device"]
+           "Every", "Trainer", "agent_class", "apply_agent_action_repeat", "find_checkpoint", "load_trainer",
+           "resolve_device"]
 
 #: upper bound of the replay capacity sized from the run (the paper's 10^6 steps)
 MAX_BUFFER_STEPS = 1_000_000
@@ -98,6 +99,25 @@ def agent_class(algo: str) -> type[Agent]:
         raise ValueError(f"algo={algo!r}: expected one of {list(AGENTS)}.")
     name = {"planet": "PlaNetAgent", "dreamer": "DreamerAgent", "dreamerv3": "DreamerV3Agent"}[algo]
     return getattr(importlib.import_module(f"{__package__}.{algo}"), name)
+
+
+def apply_agent_action_repeat(cfg: RunConfig, agent: Callable[..., Agent] | None = None) -> RunConfig:
+    """Sets ``cfg.action_repeat`` to the agent's protocol on dm_control tasks when the run sets none
+    (DreamerV3: 2 on every domain; PlaNet and Dreamer leave it to ``make_env``'s per-domain table).
+    ``agent``: the agent class (default: ``cfg.algo``'s). Anything that measures a run's task (a random
+    policy's returns, say) should see the action repeat the run trains at.
+
+    Examples:
+        >>> from torchrl_rssm.recipes import preset
+        >>> apply_agent_action_repeat(preset("dreamerv3-quick")).action_repeat
+        2
+        >>> apply_agent_action_repeat(preset("quick")).action_repeat is None   # make_env's table: 8 for cartpole
+        True
+    """
+    factory = agent if agent is not None else agent_class(cfg.algo)
+    if cfg.action_repeat is None and cfg.env.startswith("dmc:") and getattr(factory, "dmc_action_repeat", None):
+        cfg.action_repeat = int(factory.dmc_action_repeat)
+    return cfg
 
 
 class Every:
@@ -162,9 +182,7 @@ class Trainer:
             raise ValueError(f"nan_policy={cfg.nan_policy!r}: expected 'skip' or 'raise'.")
         check_layout(cfg)
         factory = agent if agent is not None else agent_class(cfg.algo)
-        # an agent's own protocol for DMC's action repeat (DreamerV3: 2 on every domain) when none is set
-        if cfg.action_repeat is None and cfg.env.startswith("dmc:") and getattr(factory, "dmc_action_repeat", None):
-            cfg.action_repeat = int(factory.dmc_action_repeat)
+        apply_agent_action_repeat(cfg, factory)
         self.device = resolve_device(cfg.device)
         self.buffer_device = resolve_device(cfg.buffer_device)
         self.logdir = Path(cfg.logdir)
