@@ -111,7 +111,8 @@ def apply_agent_action_repeat(cfg: RunConfig, agent: Callable[..., Agent] | None
         >>> from torchrl_rssm.recipes import preset
         >>> apply_agent_action_repeat(preset("dreamerv3-quick")).action_repeat
         2
-        >>> apply_agent_action_repeat(preset("quick")).action_repeat is None   # make_env's table: 8 for cartpole
+        >>> cfg = preset("quick"); cfg.action_repeat = None
+        >>> apply_agent_action_repeat(cfg).action_repeat is None   # PlaNet: make_env's table decides (cartpole: 8)
         True
     """
     factory = agent if agent is not None else agent_class(cfg.algo)
