@@ -170,7 +170,7 @@ def summarise(args: argparse.Namespace, cfg, runs: list[dict], rand: list[float]
         "agent": cfg.algo, "preset": args.preset, "overrides": args.overrides,
         "command": "python benchmarks/quick_learning.py " + shlex.join(sys.argv[1:]),
         "run_command": "torchrl-rssm " + shlex.join(["train", *cli_args(args), "--seed", "S"]),
-        "runs": [{"seed": r["seed"], "test_return": r["test_return"], "wall_s": r["wall_s"],
+        "runs": [{"seed": r["seed"], "test_return": r["test_return"], "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s"),
                   "command": r.get("command"), "commit": r.get("commit"), "dirty": r.get("dirty"),
                   "curves": r.get("curves")} for r in runs],
         "commits": [{"commit": c, "dirty": d} for c, d in commits],

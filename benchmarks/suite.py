@@ -87,6 +87,12 @@ def run_task(args: argparse.Namespace, task: str, pool: ThreadPoolExecutor) -> d
     return summary
 
 
+def _cpu(summary: dict) -> str:
+    """`` (CPU 22.0, 21.5)``: each run's process CPU minutes, where the runs recorded them."""
+    cpu = [run.get("cpu_s") for run in summary.get("runs", [])]
+    return f" (CPU {', '.join(f'{c / 60:.1f}' for c in cpu)})" if cpu and all(c is not None for c in cpu) else ""
+
+
 def table(summaries: list[dict]) -> str:
     """The suite's Markdown table, one row per task, and the fraction of tasks learned."""
     lines = ["| task | action repeat | random policy (mean ± std) | bar (+3 SE) | final test return per seed | "
@@ -102,7 +108,7 @@ def table(summaries: list[dict]) -> str:
         lines.append(f"| {s['task']} | {s['action_repeat']} | {s['random_mean']:.1f} ± {s['random_std'] or 0:.1f} "
                      f"({s['random_episodes']} ep.) | {s['bar']:.1f} | "
                      f"{', '.join(f'{x:.1f}' for x in s['ours_final_test_return'])} | {verdict} | "
-                     f"{', '.join(f'{w / 60:.1f}' for w in s['wall_s'])} min | {commits} |")
+                     f"{', '.join(f'{w / 60:.1f}' for w in s['wall_s'])} min{_cpu(s)} | {commits} |")
     lines.append(f"\nEvery seed clearly above random on **{learned} of {len(summaries)}** tasks.")
     return "\n".join(lines) + "\n"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -105,6 +106,7 @@ def test_resume_keeps_the_runs_settings_and_streams_stay_apart(tmp_path, capsys)
     assert len(lines) == 1, out  # only the result on stdout
     result = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
     assert result["episodes"] == 2 and result["seed_episodes"] == cfg.seed_episodes  # the run's (tiny says 1)
+    assert 0 < result["cpu_s"] <= time.process_time() + 0.1  # the process's CPU time so far (rounded to 0.1 s)
     assert "\x1b[" not in err and "\x1b[" not in out  # no colour codes
     assert "Initialized LazyTensorStorage" not in err  # torchrl's INFO lines repeat ours: not shown
     assert "episode 2/2 (after 2 seed episodes)" in err and "replay buffer: capacity" in err  # status lines

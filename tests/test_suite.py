@@ -100,3 +100,11 @@ def test_random_policy_runs_at_the_action_repeat_the_agent_trains_at(suite, pres
     cfg = suite.ql.run_config(args)
     _, measured = suite.ql.random_returns(cfg, episodes=1)
     assert measured == repeat  # DreamerV3's protocol: 2 on every DMC domain; PlaNet's table: 4 for cheetah
+
+
+def test_table_gives_each_runs_cpu_minutes_where_recorded(suite):
+    s = _summary("gym:Pendulum-v1", [-200.0, -150.0], -1100.0, 360.0, suite=suite)
+    s["runs"] = [{"seed": 0, "cpu_s": 600.0}, {"seed": 1, "cpu_s": 1320.0}]
+    assert "1.0, 1.0 min (CPU 10.0, 22.0) |" in suite.table([s])
+    s["runs"][1]["cpu_s"] = None  # an older run without it: no CPU column text
+    assert "(CPU" not in suite.table([s])

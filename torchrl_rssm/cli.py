@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from .recipes.config import (AGENTS, FIELD_HELP, PRESETS, TASK_FIELDS, RunConfig, apply_overrides, override_keys,
@@ -245,6 +246,8 @@ def _train(args: argparse.Namespace) -> int:
         result = trainer.train()
         if rank == 0:
             extra = {"world_size": world} if world > 1 else {}
+            # this process's CPU time (all its threads): on a shared machine, what the run itself cost
+            extra["cpu_s"] = round(time.process_time(), 1)
             print(_json_line({"logdir": cfg.logdir, **result, **extra}), flush=True)
     finally:
         if world > 1:
