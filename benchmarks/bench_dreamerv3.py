@@ -24,10 +24,11 @@ batch 16 x 16) and ``walker`` (``config_dmc_walker.yaml``: 24-dim observations, 
 belief 512, 32 categoricals of 4 classes, hidden 64, batch 16 x 64). Calls alternate (ours,
 TorchRL, ...) and the numbers are medians after warm-up.
 
-``--floor`` adds each row's arithmetic alone (the same networks and kernels as plain tensor code, no
+``--bf16`` adds the whole step under ``torch.autocast(bfloat16)``: ours against TorchRL in float32, and both under
+autocast. ``--floor`` adds each row's arithmetic alone (the same networks and kernels as plain tensor code, no
 tensordicts and no loss bookkeeping): a lower bound for any implementation with these networks.
 
-    python benchmarks/bench_dreamerv3.py [--quick] [--json PATH] [--threads N] [--settings smoke walker] [--floor]
+    python benchmarks/bench_dreamerv3.py [--quick] [--json PATH] [--threads N] [--settings smoke walker] [--floor] [--bf16]
 """
 from __future__ import annotations
 
@@ -345,12 +346,33 @@ def bench_setting(name: str, cfg: dict, args, rows: list[dict]) -> None:
         suites["behaviour update"][0]["floor"] = lambda: floor(starts)
         suites["world-model update"][0]["floor"] = lambda: model_floor(batch.copy())
         suites["whole step"][0]["floor"] = lambda: floor(starts_of(model_floor(batch.copy())))
+    if args.bf16:  # the whole step under CPU/GPU bf16 autocast: ours, and TorchRL's where it runs under it
+        def autocast(fn):
+            def run():
+                with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16):
+                    return fn()
+            return run
+
+        whole = suites["whole step"][0]
+        whole["ours_bf16"] = autocast(whole["ours"])
+        try:
+            autocast(whole["torchrl"])()
+            whole["torchrl_bf16"] = autocast(whole["torchrl"])
+        except Exception as err:  # noqa: BLE001 -- reported in the row's note
+            print(f"TorchRL's whole step fails under bf16 autocast: {type(err).__name__}: {err}", file=sys.stderr)
     repeats = args.repeats or (3 if args.quick else 7)
     for label, (fns, what) in suites.items():
         ms, cpu = alternating_medians(fns, 1 if args.quick else 2, repeats, dev)
         rows.append(row(f"dreamerv3 {label} {name} ({B}x{T})", ms["ours"], ms["torchrl"], dev, config,
                         what + borrowed_note + f"; process CPU ms: ours {cpu['ours']:.0f}, "
                         f"TorchRL {cpu['torchrl']:.0f}"))
+        if "ours_bf16" in ms:
+            rows.append(row(f"dreamerv3 {label} {name} ({B}x{T}), ours bf16 autocast vs TorchRL fp32", ms["ours_bf16"],
+                            ms["torchrl"], dev, config, what + "; ours under torch.autocast(bfloat16) "
+                            "(two-hot, KL and return arithmetic in float32), TorchRL in float32"))
+        if "torchrl_bf16" in ms:
+            rows.append(row(f"dreamerv3 {label} {name} ({B}x{T}), both under bf16 autocast", ms["ours_bf16"],
+                            ms["torchrl_bf16"], dev, config, what + "; both under torch.autocast(bfloat16)"))
         if "floor" in ms:
             rows.append(row(f"dreamerv3 {label} {name} ({B}x{T}), arithmetic only", ms["floor"], ms["torchrl"], dev,
                             config, "a lower bound, not a loss: the same networks and arithmetic (" + what + ") as "
@@ -362,6 +384,7 @@ def main() -> None:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--floor", action="store_true", help="add each row's arithmetic-only floor")
+    parser.add_argument("--bf16", action="store_true", help="add whole-step rows under bf16 autocast")
     args = parse_args(__doc__.splitlines()[0], parser)
     if args.threads is None and not str(args.device).startswith("cuda"):
         torch.set_num_threads(min(2, torch.get_num_threads()))  # the project's reference CPU: 2 threads

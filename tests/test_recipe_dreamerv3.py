@@ -164,6 +164,37 @@ def test_dreamerv3_laprop_option_steps_every_network_with_one_optimiser_and_resu
     assert next(iter(other.optimizers.values())).param_groups[0]["step"] == 2
 
 
+def test_dreamerv3_bfloat16_autocast_runs_the_forward_passes_in_bf16_and_the_losses_in_fp32(tmp_path):
+    cfg = tiny(tmp_path, episodes=0, test_every=0, video_every=0)
+    trainer = Trainer(cfg)
+    trainer.train()
+    batch = trainer.buffer.sample()
+    agent, state = trainer.agent, trainer.agent.state_dict()
+    seen = []  # the output dtypes of the world model's linear layers
+    linears = [m for m in agent.world_model.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.append(out.dtype)) for m in linears]
+
+    def update(dtype):
+        agent.load_state_dict(state)
+        agent.cfg.autocast_dtype = dtype
+        seen.clear()
+        torch.manual_seed(0)
+        out = agent.update(batch.clone())
+        return out, {k: v.detach().clone() for k, v in agent.world_model.state_dict().items()}
+
+    fp32, fp32_params = update("float32")
+    assert seen and set(seen) == {torch.float32}
+    bf16, bf16_params = update("bfloat16")
+    assert seen and set(seen) == {torch.bfloat16}  # every matmul of the world model ran in bf16
+    for hook in hooks:
+        hook.remove()
+    assert all(torch.isfinite(v).all() for v in bf16.values())
+    assert all(v.dtype == torch.float32 for k, v in bf16.items() if k.startswith("loss"))  # fp32 loss arithmetic
+    assert all(p.dtype == torch.float32 for p in bf16_params.values())  # the weights stay fp32
+    assert any(not torch.equal(bf16_params[k], fp32_params[k]) for k in fp32_params)  # autocast took effect
+    assert abs(float(bf16["loss_model_reward"]) - float(fp32["loss_model_reward"])) < 0.1 * abs(float(fp32["loss_model_reward"])) + 1e-3
+
+
 _ONE_STEP_ENV = '''
 import gymnasium as gym
 import numpy as np

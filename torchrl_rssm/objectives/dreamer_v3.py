@@ -107,6 +107,7 @@ def _unimix_log_probs(logits: torch.Tensor, unimix: float) -> tuple[torch.Tensor
     """(probs, log probs) of softmax(logits) mixed with ``unimix`` of the uniform distribution."""
     if not 0 <= unimix < 1:
         raise ValueError(f"unimix must be in [0, 1), got {unimix}.")
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # KL arithmetic in float32 at least
     if not unimix:
         log_probs = torch.log_softmax(logits, dim=-1)  # finite even where softmax underflows to 0
         return log_probs.exp(), log_probs

@@ -360,6 +360,9 @@ class DreamerV3:
                              "norm (0: none)", _num(0))
     warmup_steps: int = _field(1000, "DreamerV3 with optimizer=\"laprop\": updates of linear learning-rate warm-up "
                                      "(0: none)", _int(0))
+    autocast_dtype: str = _field("float32", "DreamerV3: the dtype of the update's forward passes: \"bfloat16\" runs "
+                                            "them under torch.autocast (two-hot and return arithmetic stay float32)",
+                                 _one_of("float32", "bfloat16"))
 
 
 @dataclass

@@ -84,6 +84,7 @@ class DreamerV3Agent(Agent):
 
     def __init__(self, cfg: RunConfig, env, device: torch.device):
         self.cfg = cfg
+        self.device = torch.device(device)
         self.obs_key = "pixels" if cfg.from_pixels else "observation"
         self.space = ActionSpace(env.action_spec)
         self.world_model = make_world_model_v3(
@@ -181,7 +182,10 @@ class DreamerV3Agent(Agent):
         # the return normalisation's EMA moves inside the actor loss: put it back if the update is skipped
         retnorm = {k: v.clone() for k, v in self.actor_loss.retnorm.state_dict().items()}
         try:
-            totals, out = self._losses(batch)
+            # bfloat16: the forward passes under autocast (matmuls in bf16; the two-hot, KL and return
+            # arithmetic cast to float32 inside the losses); backward outside it, as torch recommends
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast_dtype == "bfloat16"):
+                totals, out = self._losses(batch)
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             sum(totals.values()).backward()  # each loss reaches only its own network (the others are held out)
