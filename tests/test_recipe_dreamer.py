@@ -117,3 +117,13 @@ def test_killed_dreamer_run_resumes_with_its_actor_value_and_optimisers(tmp_path
         warnings.simplefilter("ignore")
         result = resumed.train()
     assert result["updates"] == saved["counters"]["updates"] + cfg.updates_per_episode
+
+
+def test_dreamer_on_discrete_actions_is_refused_with_the_agents_that_handle_them(tmp_path, capsys):
+    from torchrl_rssm.cli import main
+
+    argv = ["train", "--preset", "dreamer-tiny", "--env", "gym:CartPole-v1", "--logdir", str(tmp_path / "run"),
+            "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "discrete actions" in err and "--algo dreamerv3" in err and "Traceback" not in err

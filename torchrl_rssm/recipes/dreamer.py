@@ -26,6 +26,7 @@ from torch.distributions import Categorical, Normal
 
 from ..modules import make_dreamer_actor, make_value_model
 from ..objectives import DreamerActorLoss, DreamerValueLoss, NonFiniteInputError
+from ..planners.action_space import ActionSpace
 from ..policies import DreamerPolicy
 from .agent import Agent, build_world_model_and_loss, clip_gradients
 from .config import Imagination, Returns, RunConfig
@@ -64,6 +65,11 @@ class DreamerAgent(Agent):
     name = "Dreamer"
 
     def __init__(self, cfg: RunConfig, env, device: torch.device):
+        if ActionSpace(env.action_spec).discrete:
+            raise ValueError(
+                f"algo='dreamer': env={cfg.env!r} has discrete actions ({type(env.action_spec).__name__}), and Dreamer "
+                "acts with a tanh-Gaussian actor over continuous actions (as in the paper). Use --algo dreamerv3 (a "
+                "one-hot actor) or --algo planet (CEM over one-hot actions).")
         self.cfg = cfg
         self.obs_key, self.world_model, self.model_loss = build_world_model_and_loss(cfg, env, device)
         self.actor = make_dreamer_actor(env.action_spec, cfg.state_dim, cfg.belief_dim,
