@@ -1,6 +1,7 @@
 """The PlaNet recipe end to end: training loop, TensorBoard, checkpoints, resume, bad input."""
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -210,7 +211,13 @@ def test_episodes_shorter_than_chunk_length_are_refused_clearly(tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no stored episode is as long as chunk_length=8" in err and "observed episode lengths" in err
-    assert "Traceback" not in err
+    assert "--set cross_episodes=true" in err and "Traceback" not in err
+    # what the message offers works: chunks across episodes, the RSSM reset at each episode's start
+    argv = [*argv[:argv.index("--logdir")], "--logdir", str(tmp_path / "crossing"), "--no-progress",
+            "--set", "test_every=0", "--set", "cross_episodes=true"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["updates"] > 0 and result["episodes"] == 1
 
 
 def test_trainer_core_runs_any_agent_on_the_protocol(tmp_path):

@@ -207,7 +207,8 @@ class Trainer:
             raise EpisodeTooShortError(
                 f"env={cfg.env!r}: episodes last at most max_episode_steps={self.episode_steps} agent steps "
                 f"(action_repeat={self.action_repeat}), fewer than chunk_length={cfg.chunk_length}: no training "
-                f"chunk fits. Set chunk_length <= {self.episode_steps} (--set chunk_length=N) or a longer episode.")
+                f"chunk fits. Let chunks cross episodes (--set cross_episodes=true), set chunk_length <= "
+                f"{self.episode_steps} (--set chunk_length=N), or a longer episode.")
         self.agent = factory(cfg, self.env, self.device)
         if is_distributed():  # torchrun: every rank starts from rank 0's weights and averages gradients
             broadcast_parameters(self.agent.networks().values())
@@ -412,7 +413,8 @@ class Trainer:
             raise EpisodeTooShortError(
                 f"env={self.cfg.env!r}: no stored episode is as long as chunk_length={self.cfg.chunk_length} "
                 f"(observed episode lengths in agent steps: {shown[:20]}{' ...' if len(shown) > 20 else ''}; "
-                f"episodes end early, e.g. by termination). Set chunk_length <= {max(shown)} "
+                f"episodes end early, e.g. by termination). Let chunks cross episodes, the RSSM reset at each "
+                f"episode's start (--set cross_episodes=true), or set chunk_length <= {max(shown)} "
                 "(--set chunk_length=N).")
 
     # ------------------------------------------------------------------ fit
