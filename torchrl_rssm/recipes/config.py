@@ -629,8 +629,8 @@ PRESETS["dreamer-tiny"] = dict(
 # belief 512, hidden 512, 32 x 32 categoricals, 2 hidden layers), Adam with model lr 1e-4 and
 # actor / critic 3e-5, clips 1000 / 100, eps 1e-8, batch 16 x 64, horizon 15, action repeat 2,
 # replay ratio 512 (0.5 updates per agent step), 500k env steps (the score file's 250k and 490k).
-# On a GPU: --device cuda. From pixels: --set from_pixels=true (the DMC vision protocol, 64x64). Chunks
-# cross episodes.
+# On a GPU: --device cuda. From pixels (the DMC vision protocol, 64x64, 1M env steps): the
+# dreamerv3-<task>-pixels presets. Chunks cross episodes.
 DREAMERV3_PAPER = dict(
     algo="dreamerv3", from_pixels=False, action_repeat=2, belief_dim=512, hidden_dim=512, channels=32,
     num_categoricals=32, num_classes=32, unimix=0.01, mlp_layers=2, model_lr=1e-4, actor_critic_lr=3e-5,
@@ -643,6 +643,9 @@ for _task in ("cartpole-swingup", "cartpole-balance", "reacher-easy", "cheetah-r
               "finger-spin", "pendulum-swingup", "ball_in_cup-catch"):
     PRESETS[f"dreamerv3-{_task}"] = dict(DREAMERV3_PAPER, env=f"dmc:{_task}",
                                          logdir=f"runs/dreamerv3-{_task}")
+    # DreamerV3's visual DMC protocol: 64x64 images, 1M environment steps (1000 episodes at repeat 2)
+    PRESETS[f"dreamerv3-{_task}-pixels"] = dict(DREAMERV3_PAPER, env=f"dmc:{_task}", from_pixels=True,
+                                                episodes=995, logdir=f"runs/dreamerv3-{_task}-pixels")
 # DreamerV3 on this 2-core CPU at one thread, one setting for every task (only --env changes; action
 # repeat: 2 on DMC by the agent's protocol, else 1): a small model (belief 128, 8 x 8 categoricals,
 # hidden 128, one hidden layer), batch 16 x 16 (256 imagination starts), faster learning rates than the
