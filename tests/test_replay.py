@@ -51,7 +51,7 @@ def test_chunks_never_cross_episodes_and_short_episodes_are_skipped():
 
 
 def test_chunk_sampler_matches_torchrl_slice_sampler():
-    """Our sampler only skips TorchRL's full-row read for the slice flags: same chunks, same flags."""
+    """Our sampler keeps the rows TorchRL's reads for the slice flags (they become the sample): same chunks, same flags."""
     from torchrl.data import SliceSampler
 
     rb = make_replay_buffer(300, batch_size=10, chunk_length=4, dequantize_bits=None)

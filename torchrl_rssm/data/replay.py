@@ -177,11 +177,6 @@ class ChunkSliceSampler(SliceSampler):
         return rows[1]
 
 
-def _replace_last(key: NestedKey, new: str) -> NestedKey:
-    key = unravel_key(key)
-    return (*key[:-1], new) if isinstance(key, tuple) else new
-
-
 def _fresh_episode_state() -> dict[str, Any]:
     return {"next_id": 0, "open": False, "last_traj_ids": None, "last_episode": None,
             "next_stream": 0, "stream_open": False}
