@@ -108,3 +108,15 @@ def test_table_gives_each_runs_cpu_minutes_where_recorded(suite):
     assert "1.0, 1.0 min (CPU 10.0, 22.0) |" in suite.table([s])
     s["runs"][1]["cpu_s"] = None  # an older run without it: no CPU column text
     assert "(CPU" not in suite.table([s])
+
+
+def test_a_refused_run_is_a_row_of_the_table_with_its_reason(suite, tmp_path):
+    # Dreamer v1 refuses discrete actions: the suite shows why, and counts the task as not learned
+    suite.main(["--preset", "dreamer-quick", "--tasks", "gym:CartPole-v1", "--seeds", "0", "--jobs", "1",
+                "--root", str(tmp_path / "runs"), "--results", str(tmp_path)])
+    row = [line for line in (tmp_path / "suite_dreamer-quick.md").read_text().splitlines()
+           if line.startswith("| gym:CartPole-v1 |")][0]
+    assert "failed: algo='dreamer': env='gym:CartPole-v1' has discrete actions" in row
+    assert "**0 of 1** tasks" in (tmp_path / "suite_dreamer-quick.md").read_text()
+    cell = suite.compare(tmp_path, ["dreamer-quick"], ["gym:CartPole-v1"]).splitlines()[2]
+    assert "failed: algo='dreamer'" in cell and "Use --algo dreamerv3" in cell
