@@ -260,3 +260,27 @@ def test_killed_dreamerv3_run_resumes_with_its_actor_critic_slow_critic_and_opti
         warnings.simplefilter("ignore")
         result = resumed.train()
     assert result["updates"] == saved["counters"]["updates"] + cfg.updates_per_episode
+
+
+def _actor_loss_paths(trainer):
+    """After one actor loss from replayed starts: (actor gets a gradient, the imagined states carry a graph)."""
+    agent = trainer.agent
+    _, posterior = agent.model_loss(trainer.buffer.sample().to(agent.device))
+    starts = posterior.get("next").select("state", "belief").detach().reshape(-1)
+    agent.actor.zero_grad(set_to_none=True)
+    losses, _ = agent.actor_loss(starts)
+    losses["loss_actor"].backward()
+    actor_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())
+    traj = agent.actor_loss.imagine(starts["state"][:4], starts["belief"][:4])
+    return actor_grad, traj["state"].requires_grad
+
+
+def test_dreamerv3_actor_gradient_reinforce_does_not_backpropagate_through_the_imagined_dynamics(tmp_path):
+    paper = Trainer(tiny(tmp_path, test_every=0, video_every=0))
+    paper.train()
+    assert not paper.agent.actor_loss.use_reinforce and not paper.agent.space.discrete
+    assert _actor_loss_paths(paper) == (True, True)  # the paper: the return's gradient through the dynamics
+    reinforce = Trainer(tiny(tmp_path / "reinforce", test_every=0, video_every=0, actor_gradient="reinforce"))
+    reinforce.train()
+    assert reinforce.agent.actor_loss.use_reinforce
+    assert _actor_loss_paths(reinforce) == (True, False)  # the log-probability path only

@@ -350,6 +350,10 @@ class DreamerV3:
     entropy_bonus: float = _field(3e-4, "DreamerV3: actor entropy weight (returns are normalised to ~[0, 1])", _num(0))
     slow_critic_tau: float = _field(0.02, "DreamerV3: EMA rate of the slow critic, stepped after every update",
                                     _num(0, 1))
+    actor_gradient: str = _field("backprop", "DreamerV3 with continuous actions: the actor loss's gradient, "
+                                             "\"backprop\" through the imagined dynamics (the paper's) or "
+                                             "\"reinforce\" (the current reference code's); discrete actions always "
+                                             "use REINFORCE", _one_of("backprop", "reinforce"))
     replay_value_weight: float = _field(0.0, "DreamerV3: weight of the critic's loss on replayed states (paper: "
                                              "0; the current reference code: 0.3)", _num(0))
     optimizer: str = _field("adam", "DreamerV3: \"adam\": one Adam per network, the paper's (model_lr and grad_clip; "

@@ -114,7 +114,7 @@ class DreamerV3Agent(Agent):
         self.actor_loss = DreamerV3ActorLoss.from_paper(
             self.actor, self.critic, imagination, continuation_model=continuation,
             imagination_horizon=cfg.imagination_steps, entropy_bonus=cfg.entropy_bonus,
-            use_reinforce=self.space.discrete)
+            use_reinforce=self.space.discrete or cfg.actor_gradient == "reinforce")
         self.value_loss = DreamerV3ValueLoss.from_paper(self.critic, actor_loss=self.actor_loss)
         self.slow_critic = SoftUpdate(self.value_loss, tau=cfg.slow_critic_tau)
         self._networks = {"model": wm, "actor": self.actor, "critic": self.critic}
