@@ -94,6 +94,19 @@ def run_task(args: argparse.Namespace, task: str, pool: ThreadPoolExecutor) -> d
     return summary
 
 
+def _with_verdict(summary: dict, name: str) -> dict:
+    """A task's summary with its bar and verdicts: ``quick_learning.py``'s files (one task, run before the
+    suite) have none, so they are computed from its random policy and the preset's test episodes."""
+    if "failed" in summary or "clearly_above" in summary:
+        return summary
+    from torchrl_rssm.recipes import preset
+
+    episodes = summary.get("test_episodes") or preset(name).test_episodes
+    summary["bar"] = round(bar(summary["random_mean"], summary["random_std"], episodes), 1)
+    summary["clearly_above"] = [x > summary["bar"] for x in summary["ours_final_test_return"]]
+    return summary
+
+
 def _reason(error: str) -> str:
     """The last line of a failed run's stderr, without the program's prefix: what a reader needs to know."""
     lines = [line for line in error.strip().splitlines() if line.strip()]
@@ -220,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     args.root = args.root or Path("runs/suite") / f"{args.preset}{_sets(args)}"  # never another setting's runs
     name = args.results / f"suite_{args.preset}{_sets(args)}"
     if args.table:
-        summaries = [json.loads(p.read_text()) for task in args.tasks
+        summaries = [_with_verdict(json.loads(p.read_text()), args.preset) for task in args.tasks
                      if (p := args.results / f"learning_{args.preset}_{ql.slug(task)}{_sets(args)}.json").exists()]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:  # every (task, seed) run shares the pool

@@ -120,3 +120,12 @@ def test_a_refused_run_is_a_row_of_the_table_with_its_reason(suite, tmp_path):
     assert "**0 of 1** tasks" in (tmp_path / "suite_dreamer-quick.md").read_text()
     cell = suite.compare(tmp_path, ["dreamer-quick"], ["gym:CartPole-v1"]).splitlines()[2]
     assert "failed: algo='dreamer'" in cell and "Use --algo dreamerv3" in cell
+
+
+def test_table_mode_judges_single_task_files_written_before_the_suite(suite, tmp_path):
+    old = _summary("gym:Reacher-v5", [-8.8, -61.0], -42.4, 5.0, suite=suite)  # bar -42.4 + 3 * 5 / 2 = -34.9
+    del old["bar"], old["clearly_above"], old["test_episodes"]  # quick_learning.py's files have neither
+    (tmp_path / "learning_quick_gym-Reacher-v5.json").write_text(json.dumps(old))
+    suite.main(["--preset", "quick", "--tasks", "gym:Reacher-v5", "--results", str(tmp_path), "--table"])
+    row = [line for line in (tmp_path / "suite_quick.md").read_text().splitlines() if line.startswith("| gym:")][0]
+    assert "| -34.9 |" in row and "1 of 2 seeds" in row
