@@ -86,8 +86,7 @@ def run_task(args: argparse.Namespace, task: str, pool: ThreadPoolExecutor) -> d
     summary = ql.summarise(targs, cfg, runs, rand, repeat)
     summary["command"] = "python benchmarks/suite.py " + shlex.join(sys.argv[1:])
     summary["test_episodes"] = cfg.test_episodes
-    summary["bar"] = round(bar(summary["random_mean"], summary["random_std"], cfg.test_episodes), 1)
-    summary["clearly_above"] = [x > summary["bar"] for x in summary["ours_final_test_return"]]
+    _with_verdict(summary, args.preset)
     targs.out.parent.mkdir(parents=True, exist_ok=True)
     targs.out.write_text(json.dumps(summary, indent=2) + "\n")
     ql.plot_curves(summary, targs.out.with_suffix(".png"))
@@ -95,8 +94,8 @@ def run_task(args: argparse.Namespace, task: str, pool: ThreadPoolExecutor) -> d
 
 
 def _with_verdict(summary: dict, name: str) -> dict:
-    """A task's summary with its bar and verdicts: ``quick_learning.py``'s files (one task, run before the
-    suite) have none, so they are computed from its random policy and the preset's test episodes."""
+    """A task's summary with its bar and verdicts, computed once from its random policy and test episodes (the
+    preset's where ``quick_learning.py``'s files, written before the suite, do not record them)."""
     if "failed" in summary or "clearly_above" in summary:
         return summary
     from torchrl_rssm.recipes import preset
@@ -166,10 +165,8 @@ def compare(results: Path, presets: list[str], tasks: list[str]) -> str:
             if s is None or "failed" in s:
                 cells.append("not run" if s is None else f"failed: {s['failed']}")
                 continue
-            from torchrl_rssm.recipes import preset
-            episodes = s.get("test_episodes") or preset(name).test_episodes
-            line = bar(s["random_mean"], s["random_std"], episodes)
-            finals = ", ".join(f"{x:.0f}{'*' if x > line else ''}" for x in s["ours_final_test_return"])
+            above = _with_verdict(s, name)["clearly_above"]
+            finals = ", ".join(f"{x:.0f}{'*' if ok else ''}" for x, ok in zip(s["ours_final_test_return"], above))
             cells.append(f"{finals} (random {s['random_mean']:.0f}, repeat {s['action_repeat']})")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return ("\n".join(lines) + "\n\n`*`: more than 3 standard errors of the random policy's mean above it. Each "
