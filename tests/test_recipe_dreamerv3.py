@@ -49,7 +49,7 @@ def test_dreamerv3_agent_reads_back_its_config():
     cfg = apply_overrides(preset("dreamerv3-tiny"), [
         "belief_dim=11", "hidden_dim=13", "num_categoricals=3", "num_classes=5", "unimix=0.03", "model_lr=0.0011",
         "actor_critic_lr=0.00022", "adam_eps=3e-7", "grad_clip=77", "actor_critic_grad_clip=33",
-        "imagination_steps=6", "entropy_bonus=0.002", "slow_critic_tau=0.07"])
+        "imagination_steps=6", "entropy_bonus=0.002", "slow_critic_tau=0.07", "continuation_horizon=10"])
     env = make_env(cfg.env, from_pixels=False, max_episode_steps=10)
     agent = DreamerV3Agent(cfg, env, torch.device("cpu"))
     rollout = agent.world_model.rollout
@@ -59,6 +59,7 @@ def test_dreamerv3_agent_reads_back_its_config():
     assert (model.kl_mode, model.lambda_dynamic, model.lambda_representation, model.free_bits) == \
         ("separate", 0.5, 0.1, 1.0)
     assert model.lambda_continue == 1.0 and model.reward_two_hot and model.reco_symlog is True
+    assert model.continue_target_scale == pytest.approx(0.9)  # the discount 1 - 1/H, H = continuation_horizon
     actor = agent.actor_loss
     assert (actor.imagination_horizon, actor.entropy_bonus, actor.gamma, actor.lmbda) == (6, 0.002, 1.0, 0.95)
     assert actor.use_reinforce is False and isinstance(agent.actor, DreamerV3BoundedNormalActor)

@@ -347,6 +347,9 @@ class DreamerV3:
     actor_critic_grad_clip: float = _field(100.0, "DreamerV3: gradient-norm clip of the actor and of the critic "
                                                   "(model: grad_clip)", _num(above=0))
     imagination_steps: int = _field(15, "DreamerV3: imagined steps per start state", _int(1))
+    continuation_horizon: float = _field(333.0, "DreamerV3: the return horizon H; the discount 1 - 1/H is written into "
+                                                "the continuation target and the replayed returns (paper: 333, a "
+                                                "discount of 0.997)", _num(above=1))
     entropy_bonus: float = _field(3e-4, "DreamerV3: actor entropy weight (returns are normalised to ~[0, 1])", _num(0))
     slow_critic_tau: float = _field(0.02, "DreamerV3: EMA rate of the slow critic, stepped after every update",
                                     _num(0, 1))

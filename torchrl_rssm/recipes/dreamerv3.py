@@ -109,6 +109,7 @@ class DreamerV3Agent(Agent):
             prior_shape=(rollout.state_dim,), belief_shape=(rollout.belief_dim,))
         continuation = TensorDictModule(wm.continuation_head, in_keys=_LATENT, out_keys=["continue_pred", "continuation"])
         self.model_loss = DreamerV3ModelLoss.from_paper(wm, unimix=cfg.unimix, reco_symlog=not cfg.from_pixels,
+                                                        continue_target_scale=1.0 - 1.0 / cfg.continuation_horizon,
                                                         detach_output=not cfg.replay_value_weight)
         self.model_loss.set_keys(pixels=self.obs_key, reco_pixels=wm.reco_key)
         self.actor_loss = DreamerV3ActorLoss.from_paper(
@@ -158,7 +159,7 @@ class DreamerV3Agent(Agent):
             replay = posterior.get("next").select(*_LATENT)
             replay.set("bootstrap", imagined.get("lambda_target")[:, 0, 0].reshape(batch.batch_size))
             replay.set("next", batch.get("next").select("reward", "done", "terminated"))
-            replay_loss = self.value_loss.replay_value_loss(replay)["loss_replay_value"]
+            replay_loss = self.value_loss.replay_value_loss(replay, horizon=self.cfg.continuation_horizon)["loss_replay_value"]
             critic_total = critic_total + self.cfg.replay_value_weight * replay_loss
         model_total = sum(v.squeeze() for v in model_losses.values())
         totals = {"model": model_total, "actor": actor_losses["loss_actor"], "critic": critic_total}
