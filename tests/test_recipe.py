@@ -355,3 +355,26 @@ def test_state_run_logs_labelled_pictures_into_one_run_folder_and_keeps_the_rng(
     # the hparams live in the run itself: no extra timestamped folder beside it
     assert all(p.name.startswith("checkpoint") for p in Path(cfg.logdir).iterdir() if p.is_dir())
     assert acc.PluginTagToContent("hparams")
+
+
+def test_frames_per_batch_sets_the_round_so_every_task_gets_the_same_agent_steps(tmp_path):
+    """A round of ``frames_per_batch`` steps holds several short episodes; the schedule counts rounds,
+    the test episodes keep the task's length, and a round of one episode is the default run exactly."""
+    default = Trainer(tiny(tmp_path / "default", video_every=0))
+    default.train()
+    one_episode = Trainer(tiny(tmp_path / "one", video_every=0, frames_per_batch=20))  # tiny: 20-step episodes
+    one_episode.train()
+    assert one_episode.counters == default.counters
+    for a, b in zip(default.agent.world_model.parameters(), one_episode.agent.world_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    cfg = tiny(tmp_path / "three", video_every=0, frames_per_batch=60, train_ratio=0.05, buffer_capacity=None)
+    trainer = Trainer(cfg)
+    assert trainer.buffer.storage.max_size == (cfg.seed_episodes + cfg.episodes) * 60
+    trainer.train()
+    rounds = cfg.seed_episodes + cfg.episodes
+    assert trainer.counters["env_steps"] == rounds * 60 * trainer.action_repeat
+    assert len(trainer.buffer) == rounds * 60 and trainer.buffer.num_episodes == rounds * 3
+    assert trainer.counters["updates"] == int(0.05 * cfg.episodes * 60)  # train_ratio over the agent's rounds
+    assert trainer.rollout_test(2).shape == (2, 20)  # test episodes: the task's own length
+    with pytest.raises(ValueError, match=r"frames_per_batch=5: expected a multiple of num_envs=2"):
+        Trainer(tiny(tmp_path / "bad", frames_per_batch=5, num_envs=2))

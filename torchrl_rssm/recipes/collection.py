@@ -76,6 +76,9 @@ def check_layout(cfg: RunConfig) -> None:
                                             and math.isfinite(cfg.train_ratio)):
         raise ValueError(f"train_ratio={cfg.train_ratio!r}: expected a finite number >= 0 "
                          "(model updates per collected agent step) or None.")
+    if cfg.frames_per_batch is not None and cfg.frames_per_batch % cfg.num_envs:
+        raise ValueError(f"frames_per_batch={cfg.frames_per_batch!r}: expected a multiple of num_envs={cfg.num_envs} "
+                         "(every environment steps the same number of agent steps in a round).")
     if cfg.updates_per_episode < 0:
         raise ValueError(f"updates_per_episode={cfg.updates_per_episode!r}: expected an integer >= 0.")
 
@@ -206,19 +209,20 @@ class keep_num_threads:
         self.restore()
 
 
-def make_collector(cfg: RunConfig, make: EnvFactory, env: EnvBase, policy, episode_steps: int, seed_rounds: int,
+def make_collector(cfg: RunConfig, make: EnvFactory, env: EnvBase, policy, round_steps: int, seed_rounds: int,
                    seed: int, device: torch.device, storing_device: torch.device):
     """The TorchRL collector of the run's layout (``cfg.collector``).
 
     ``"sync"``: a :class:`~torchrl.collectors.Collector` in this process over ``env`` (one
     environment) or a batch of ``num_envs`` built by ``make``; each batch is ``[num_envs, T]``
-    (``[T]`` for one env), one episode of ``T = episode_steps`` agent steps per environment.
+    (``[T]`` for one env), ``T = round_steps`` agent steps per environment (one episode, unless
+    ``frames_per_batch`` sets another round).
     ``"async"``: a :class:`~torchrl.collectors.MultiAsyncCollector` of ``collector_workers``
     processes, each stepping its own ``num_envs`` environments; it yields one worker's batch at a
     time. ``"distributed"``: TorchRL's ``DistributedCollector`` (``launcher="mp"``).
     ``seed_rounds`` collection rounds use random actions (split over the workers).
     """
-    batch = cfg.num_envs * episode_steps
+    batch = cfg.num_envs * round_steps
     kw = dict(frames_per_batch=batch, total_frames=-1, policy_device=device, env_device="cpu",
               storing_device=storing_device, exploration_type=ExplorationType.RANDOM)
     with set_exploration_type(ExplorationType.DETERMINISTIC):  # TorchRL's probe: noise-free

@@ -376,9 +376,12 @@ class DreamerV3:
 class Schedule:
     """When the trainer collects, updates, tests and saves (episodes count the collected ones)."""
 
-    seed_episodes: int = _field(5, "S: random episodes before training", _int(0))
-    episodes: int = _field(1000, "agent episodes, collected after the seed episodes", _int(0))
-    updates_per_episode: int = _field(100, "C: gradient steps before each collected episode (when train_ratio is None)",
+    seed_episodes: int = _field(5, "S: random episodes before training (rounds of frames_per_batch steps when it is set)",
+                                _int(0))
+    episodes: int = _field(1000, "agent episodes, collected after the seed episodes (rounds of frames_per_batch steps "
+                                 "when it is set)", _int(0))
+    updates_per_episode: int = _field(100, "C: gradient steps before each collected episode or round (when train_ratio is "
+                                           "None)",
                                            _int(0))
     train_ratio: float | None = _field(None, "model updates per collected agent step (one stored transition); None: "
                                              "updates_per_episode per episode", _num(0, optional=True))
@@ -412,6 +415,11 @@ class Collection:
                               "call)", _int(1))
     env_backend: str = _field("serial", "how a batch of environments runs: \"serial\" (SerialEnv, one process) or "
                                         "\"parallel\" (ParallelEnv)", _one_of("serial", "parallel"))
+    frames_per_batch: int | None = _field(None, "agent steps collected per round over all num_envs environments "
+                                                "(TorchRL's frames_per_batch; a multiple of num_envs); None: one episode "
+                                                "per environment, num_envs x the episode limit. The schedule's episode "
+                                                "counts (seed_episodes, episodes, test_every, ...) count rounds",
+                                          _int(1, optional=True))
     collector: str = _field("sync", "\"sync\": in the trainer's process; \"async\": TorchRL MultiAsyncCollector workers; "
                                     "\"distributed\": TorchRL DistributedCollector",
                                     _one_of("sync", "async", "distributed"))
@@ -660,10 +668,13 @@ for _task in ("cartpole-swingup", "cartpole-balance", "reacher-easy", "cheetah-r
 # core busy: 0.1 updates per agent step (1,750 updates) took 9 min and ended at test return 135, not above
 # random (125 +- 59); 0.3 (5,250 updates) took 22 min and ended at 220 (73 / 136 / 198 / 220 at 10k-40k
 # env steps), just above the +3 SE bar (214) and still climbing: 0.3 fits the 30-minute budget.
+# The budget is in agent steps, as DreamerV3's protocol counts environment steps: rounds of 500 agent
+# steps (one DMC episode at repeat 2), so a task with short episodes is not trained less (Reacher-v5's
+# 50-step episodes got 2,000 agent steps and 525 updates when a round was one episode).
 PRESETS["dreamerv3-quick"] = dict(
     DREAMERV3_PAPER, env="dmc:cartpole-swingup", action_repeat=None, belief_dim=128, hidden_dim=128,
     num_categoricals=8, num_classes=8, mlp_layers=1, model_lr=6e-4, actor_critic_lr=2e-4, batch_size=16,
-    chunk_length=16, seed_episodes=5, episodes=35, train_ratio=0.3, test_every=10, test_episodes=4,
+    chunk_length=16, frames_per_batch=500, seed_episodes=5, episodes=35, train_ratio=0.3, test_every=10, test_episodes=4,
     checkpoint_every=10, video_every=20, num_threads=1, logdir="runs/dreamerv3-quick",
 )
 # The same from 64x64 pixels for a 60-minute budget: quarter-width convs (8 base channels), batch 8 x 16,

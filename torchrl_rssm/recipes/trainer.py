@@ -11,9 +11,11 @@ test (``DETERMINISTIC``, a batch of environments), pictures and a checkpoint. Co
 Episodes shorter than ``chunk_length`` cannot be trained on (chunks never cross an episode
 boundary, and are neither padded nor shortened): a task whose episode limit is below
 ``chunk_length`` is refused when the trainer is built, and one whose episodes end early
-(e.g. CartPole's termination) once the seed episodes are in, if none is long enough. (The
-collector's batch is ``max_episode_steps`` agent steps: for a task whose episodes end early,
-an "episode" of the schedule is such a batch; the buffer still splits it on ``done``.)
+(e.g. CartPole's termination) once the seed episodes are in, if none is long enough, unless
+chunks may cross episodes (``cross_episodes``). (The collector's batch is ``max_episode_steps``
+agent steps per environment, or ``frames_per_batch`` in all: an "episode" of the schedule is
+such a batch, a round; the buffer still splits it on ``done``. A budget in rounds of a fixed
+``frames_per_batch`` gives every task the same agent steps, whatever its episode length.)
 
 Checkpoints (agent state, replay buffer, counters, RNG states, each training environment's
 simulator generator state before its latest reset, config) are written every
@@ -203,6 +205,8 @@ class Trainer:
             raise ValueError(f"env={cfg.env!r} has no episode limit: set max_episode_steps "
                              "(--set max_episode_steps=N, in agent steps).")
         self.episode_steps, self.action_repeat = int(limit), int(getattr(self.env, "action_repeat", 1))
+        #: agent steps each environment collects in a round (the schedule's "episodes" count rounds)
+        self.round_steps = self.episode_steps if cfg.frames_per_batch is None else cfg.frames_per_batch // cfg.num_envs
         if self.episode_steps < cfg.chunk_length and not cfg.cross_episodes:
             raise EpisodeTooShortError(
                 f"env={cfg.env!r}: episodes last at most max_episode_steps={self.episode_steps} agent steps "
@@ -258,8 +262,8 @@ class Trainer:
     def train(self) -> dict:
         """Runs until ``seed_episodes + episodes`` episodes have been collected.
 
-        Each collection round brings ``num_envs`` episodes (one per environment; with the
-        ``"async"`` collector, one worker's ``num_envs``); the updates that precede a round
+        Each collection round brings one episode per environment, or ``frames_per_batch`` steps
+        (with the ``"async"`` collector, one worker's round); the updates that precede a round
         are :meth:`updates_due` for its steps, and new weights then go to the workers.
         """
         cfg = self.cfg
@@ -290,11 +294,11 @@ class Trainer:
                     before = self.collected
                     train_return = self._store_episode(batch)
                     self.counters["seed_episodes" if before < cfg.seed_episodes else "episodes"] += \
-                        max(1, batch.numel() // self.episode_steps)  # one episode per env in the batch
+                        max(1, batch.numel() // self.round_steps)  # one round per env in the batch
                     if cfg.seed_episodes <= self.collected < total:  # fit, before the next round
-                        self._fit(collection, (self.collected - before) * self.episode_steps)
+                        self._fit(collection, (self.collected - before) * self.round_steps)
                     elif cfg.seed_episodes <= self.collected:  # the last round: its fit is owed to an extension
-                        self._owed_fit = dict(before=before, steps=(self.collected - before) * self.episode_steps)
+                        self._owed_fit = dict(before=before, steps=(self.collected - before) * self.round_steps)
                     on_clock = test_clock.crossed(before, self.collected)
                     tested = cfg.test_every > 0 and (on_clock or self.collected >= total)
                     if tested:  # test; the final one, if a longer run would not test here (off the clock,
@@ -384,7 +388,7 @@ class Trainer:
                 raise ValueError(f"Collected episode {self.collected} holds NaN/inf values (nan_policy='raise').")
             warnings.warn(f"Episode {self.collected} holds NaN/inf values: not stored (counted in "
                           "dropped_episodes).", RuntimeWarning, stacklevel=2)
-            self.counters["dropped_episodes"] += max(1, episode.numel() // self.episode_steps)
+            self.counters["dropped_episodes"] += max(1, episode.numel() // self.round_steps)
             return float("nan")
         # [T] (one env) or [N, T] (a batch of envs): the buffer labels each env's row apart, so no
         # stored episode (and no sampled chunk) mixes two environments' steps
@@ -421,14 +425,14 @@ class Trainer:
     def updates_due(self, steps: int) -> int:
         """Model updates to run before the agent collects ``steps`` more agent steps.
 
-        ``train_ratio=None``: ``updates_per_episode`` per episode (``steps`` / ``max_episode_steps``
-        episodes), PlaNet's schedule. Otherwise ``train_ratio`` updates per agent step (one stored
+        ``train_ratio=None``: ``updates_per_episode`` per collected round (one episode per
+        environment, unless ``frames_per_batch`` sets the round), PlaNet's schedule. Otherwise ``train_ratio`` updates per agent step (one stored
         transition): the fractional remainder is carried, so over a run ``updates = train_ratio x
         agent steps`` to within one update, whatever ``num_envs``, ``collector`` or ``collector_workers``.
         """
         cfg = self.cfg
         if cfg.train_ratio is None:
-            return cfg.updates_per_episode * (steps // self.episode_steps)
+            return cfg.updates_per_episode * (steps // self.round_steps)
         self.schedule["ratio_steps"] += int(steps)
         owed = math.floor(cfg.train_ratio * self.schedule["ratio_steps"] + 1e-9) - self.schedule["ratio_updates"]
         self.schedule["ratio_updates"] += max(owed, 0)
@@ -474,7 +478,7 @@ class Trainer:
     # -------------------------------------------------------------- collect
     def make_collector(self, seed_rounds: int):
         """The TorchRL collector of this run's layout (:func:`~torchrl_rssm.recipes.collection.make_collector`)."""
-        return make_collector(self.cfg, self.make_env, self.env, self.policy, self.episode_steps, seed_rounds,
+        return make_collector(self.cfg, self.make_env, self.env, self.policy, self.round_steps, seed_rounds,
                               seed=self.cfg.seed + self.collected, device=self.device,
                               storing_device=self.buffer_device)
 
@@ -567,7 +571,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.buffer_capacity is not None:
             return int(cfg.buffer_capacity)
-        return max(cfg.chunk_length, min((cfg.seed_episodes + cfg.episodes) * self.episode_steps, MAX_BUFFER_STEPS))
+        return max(cfg.chunk_length, min((cfg.seed_episodes + cfg.episodes) * self.round_steps, MAX_BUFFER_STEPS))
 
     def _make_buffer(self):
         # Stored: observations (root and next; pixels as uint8), action, reward, flags. Not the
